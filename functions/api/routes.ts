@@ -1,0 +1,56 @@
+import type { z } from 'zod';
+import * as s from './schemas.ts';
+
+/**
+ * The one route table: CDK deploys an HTTP API route and a Lambda per entry, the local runtime serves
+ * the same table, and /openapi.json is generated from it.
+ */
+
+export type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
+/** `public`: no token; `account`: any valid token; `admin`: a token with the admin scope. */
+export type Access = 'public' | 'account' | 'admin';
+
+export interface Route {
+  readonly method: Method;
+  readonly path: string;
+  /** Module (relative to the project root) and export of the handler. */
+  readonly entry: string;
+  readonly handler: string;
+  readonly access: Access;
+  readonly summary: string;
+  readonly params?: z.ZodType;
+  readonly body?: z.ZodType;
+  readonly response: { readonly status: number; readonly schema: z.ZodType };
+}
+
+export const routes: readonly Route[] = [
+  { method: 'GET', path: '/openapi.json', entry: 'functions/api/openapi.ts', handler: 'handler', access: 'public', summary: 'This API, as OpenAPI 3.1', response: { status: 200, schema: s.Problem.partial().passthrough() } },
+  { method: 'GET', path: '/engines', entry: 'functions/api/catalog.ts', handler: 'listEngines', access: 'public', summary: 'Engines and the versions the hosts can run', response: { status: 200, schema: s.EngineList } },
+  { method: 'GET', path: '/plans', entry: 'functions/api/catalog.ts', handler: 'listPlans', access: 'public', summary: 'Plans and what each gives', response: { status: 200, schema: s.PlanList } },
+  { method: 'POST', path: '/databases', entry: 'functions/api/databases.ts', handler: 'create', access: 'account', summary: 'Create a database (starts a provision operation)', body: s.CreateDatabaseBody, response: { status: 202, schema: s.DatabaseCreated } },
+  { method: 'GET', path: '/databases', entry: 'functions/api/databases.ts', handler: 'list', access: 'account', summary: "The caller's databases", response: { status: 200, schema: s.DatabaseList } },
+  { method: 'GET', path: '/databases/{id}', entry: 'functions/api/databases.ts', handler: 'get', access: 'account', summary: 'One database, by id or name', params: s.IdParams, response: { status: 200, schema: s.DatabaseView } },
+  { method: 'DELETE', path: '/databases/{id}', entry: 'functions/api/databases.ts', handler: 'remove', access: 'account', summary: 'Delete a database (starts a deprovision operation)', params: s.IdParams, response: { status: 202, schema: s.DatabaseDeleted } },
+  { method: 'GET', path: '/databases/{id}/operations', entry: 'functions/api/operations.ts', handler: 'listForDatabase', access: 'account', summary: "A database's operations, newest first", params: s.IdParams, response: { status: 200, schema: s.OperationList } },
+  { method: 'GET', path: '/operations/{id}', entry: 'functions/api/operations.ts', handler: 'get', access: 'account', summary: 'One operation with its steps', params: s.IdParams, response: { status: 200, schema: s.Operation } },
+  { method: 'GET', path: '/databases/{id}/events', entry: 'functions/api/events.ts', handler: 'listForDatabase', access: 'account', summary: "A database's audit trail, newest first", params: s.IdParams, response: { status: 200, schema: s.AuditEventList } },
+  { method: 'POST', path: '/admin/accounts', entry: 'functions/api/admin.ts', handler: 'createAccount', access: 'admin', summary: 'Create an account', body: s.CreateAccountBody, response: { status: 201, schema: s.Account } },
+  { method: 'POST', path: '/admin/accounts/{id}/tokens', entry: 'functions/api/admin.ts', handler: 'createToken', access: 'admin', summary: 'Create an API token for an account (shown once)', params: s.IdParams, body: s.CreateTokenBody, response: { status: 201, schema: s.TokenCreated } },
+];
+
+/** Answers what matches no route (404, or 405 with the allowed methods); API Gateway's `$default` route. */
+export const fallbackRoute = { entry: 'functions/api/fallback.ts', handler: 'handler' } as const;
+/** The Lambda authorizer for `account` and `admin` routes. */
+export const authorizer = { entry: 'functions/api/authorizer.ts', handler: 'handler' } as const;
+
+/** `/databases/{id}` → a matcher; used by the local server and the fallback handler. */
+export function matchPath(template: string, path: string): Record<string, string> | undefined {
+  const names: string[] = [];
+  const pattern = template.replace(/\{(\w+)\}/g, (_, name: string) => {
+    names.push(name);
+    return '([^/]+)';
+  });
+  const match = new RegExp(`^${pattern}$`).exec(path);
+  if (!match) return undefined;
+  return Object.fromEntries(names.map((name, i) => [name, decodeURIComponent(match[i + 1])]));
+}

@@ -1,0 +1,99 @@
+import { z } from 'zod';
+import { EngineName } from './catalog.ts';
+
+/** The records dbplane keeps, as the API shows them. Types are inferred from these schemas. */
+
+export const DatabaseName = z.string().regex(/^[a-z][a-z0-9-]{1,39}$/, 'lowercase letters, digits and dashes; 2-40 characters, starting with a letter');
+
+export const DatabaseStatus = z.enum(['creating', 'running', 'deleting', 'deleted', 'failed']);
+export type DatabaseStatus = z.infer<typeof DatabaseStatus>;
+
+export const Endpoint = z.object({ host: z.string(), port: z.number().int() });
+
+export const Database = z.object({
+  id: z.string(),
+  accountId: z.string(),
+  name: DatabaseName,
+  engine: EngineName,
+  version: z.string(),
+  plan: z.string(),
+  status: DatabaseStatus,
+  statusReason: z.string().optional(),
+  endpoint: Endpoint.optional(),
+  /** The customer's role and database name inside the server. */
+  username: z.string(),
+  databaseName: z.string(),
+  /** SCRAM-SHA-256 verifier of the password; never shown by the API. */
+  passwordVerifier: z.string(),
+  activeOperation: z.string().optional(),
+  rev: z.number().int(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type Database = z.infer<typeof Database>;
+
+/** What the API shows of a database. */
+export const DatabaseView = Database.omit({ passwordVerifier: true, rev: true });
+export type DatabaseView = z.infer<typeof DatabaseView>;
+
+export const OperationKind = z.enum(['provision', 'deprovision']);
+export type OperationKind = z.infer<typeof OperationKind>;
+
+export const OperationStatus = z.enum(['pending', 'running', 'succeeded', 'failed', 'rolled_back']);
+export type OperationStatus = z.infer<typeof OperationStatus>;
+export const finishedStatuses: readonly OperationStatus[] = ['succeeded', 'failed', 'rolled_back'];
+
+export const OperationStep = z.object({
+  name: z.string(),
+  status: z.enum(['running', 'succeeded', 'failed']),
+  startedAt: z.string(),
+  finishedAt: z.string().optional(),
+  attempts: z.number().int(),
+  detail: z.string().optional(),
+});
+export type OperationStep = z.infer<typeof OperationStep>;
+
+export const Operation = z.object({
+  id: z.string(),
+  databaseId: z.string(),
+  accountId: z.string(),
+  kind: OperationKind,
+  status: OperationStatus,
+  input: z.record(z.string(), z.unknown()),
+  steps: z.array(OperationStep),
+  error: z.string().optional(),
+  executionArn: z.string().optional(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+  finishedAt: z.string().optional(),
+});
+export type Operation = z.infer<typeof Operation>;
+
+export const AuditEvent = z.object({
+  id: z.string(),
+  databaseId: z.string(),
+  type: z.string(),
+  at: z.string(),
+  operationId: z.string().optional(),
+  detail: z.record(z.string(), z.unknown()),
+});
+export type AuditEvent = z.infer<typeof AuditEvent>;
+
+export const Scope = z.enum(['databases', 'admin']);
+export type Scope = z.infer<typeof Scope>;
+
+export const Account = z.object({ id: z.string(), name: z.string(), createdAt: z.string() });
+export type Account = z.infer<typeof Account>;
+
+export const TokenRecord = z.object({
+  id: z.string(),
+  accountId: z.string(),
+  name: z.string(),
+  scopes: z.array(Scope),
+  createdAt: z.string(),
+});
+export type TokenRecord = z.infer<typeof TokenRecord>;
+
+/** Who is calling, as the authorizer established it. */
+export const Caller = z.object({ accountId: z.string(), scopes: z.array(Scope) });
+export type Caller = z.infer<typeof Caller>;

@@ -1,0 +1,15 @@
+/**
+ * The single table's shape: key attributes, indexes and TTL. CDK creates the table from this and
+ * the local runtime creates the same table in DynamoDB Local.
+ */
+export const tableDesign = {
+  partitionKey: 'pk',
+  sortKey: 'sk',
+  timeToLiveAttribute: 'expiresAt',
+  indexes: [
+    /** By owner: an account's databases (`OWNER#<account>` / `DB#<name>`); an operation by id (`OP#<id>`). */
+    { name: 'gsi1', partitionKey: 'gsi1pk', sortKey: 'gsi1sk' },
+    /** Sparse: unfinished operations only (`ACTIVE` / created-at), for the operation reaper. */
+    { name: 'gsi2', partitionKey: 'gsi2pk', sortKey: 'gsi2sk' },
+  ],
+} as const;

@@ -1,0 +1,26 @@
+/**
+ * Event rules on the dbplane bus: EventBridge rules in CDK, in-process delivery in the local runtime.
+ * A pattern matches when every listed field of the event has one of the listed values.
+ */
+export const eventSource = 'dbplane';
+
+export const detailTypes = {
+  operationFinished: 'dbplane.operation.finished',
+  databaseStatusChanged: 'dbplane.database.status-changed',
+} as const;
+
+export interface EventRule {
+  readonly id: string;
+  readonly pattern: { readonly source: readonly string[]; readonly 'detail-type': readonly string[] };
+  readonly entry: string;
+  readonly handler: string;
+}
+
+export const eventRules: readonly EventRule[] = [
+  {
+    id: 'AuditTrail',
+    pattern: { source: [eventSource], 'detail-type': Object.values(detailTypes) },
+    entry: 'functions/events/audit-trail.ts',
+    handler: 'handler',
+  },
+];

@@ -1,0 +1,1 @@
+export const handler = async (input: unknown) => input; // placeholder, being written
