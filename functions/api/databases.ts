@@ -1,1 +1,24 @@
-// placeholder, being written
+import { createDatabase, deleteDatabase, findDatabase } from '#core/databases.ts';
+import { apiHandler, json } from '#core/http.ts';
+import { databaseView } from '#core/model.ts';
+import { apiDeps } from './deps.ts';
+import { CreateDatabaseBody, IdParams } from './schemas.ts';
+
+export const create = apiHandler({ access: 'account', body: CreateDatabaseBody, idempotent: true }, async ({ caller, body }) => {
+  const { database, operation, password } = await createDatabase(apiDeps(), caller, body);
+  return json(202, { database: databaseView(database), operation, password }, { location: `/databases/${database.id}` });
+});
+
+export const list = apiHandler({ access: 'account' }, async ({ caller, store }) => {
+  const databases = await store.listDatabases(caller.accountId);
+  return json(200, { databases: databases.map(databaseView) });
+});
+
+export const get = apiHandler({ access: 'account', params: IdParams }, async ({ caller, params, store }) => {
+  return json(200, databaseView(await findDatabase(store, caller, params.id)));
+});
+
+export const remove = apiHandler({ access: 'account', params: IdParams, idempotent: true }, async ({ caller, params }) => {
+  const { database, operation } = await deleteDatabase(apiDeps(), caller, params.id);
+  return json(202, { database: databaseView(database), operation });
+});

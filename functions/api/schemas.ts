@@ -18,7 +18,6 @@ export const DatabaseCreated = z.object({
   operation: Operation,
   /** Shown once: only a SCRAM verifier of it is kept. */
   password: z.string(),
-  url: z.string(),
 });
 
 export const DatabaseList = z.object({ databases: z.array(DatabaseView) });
@@ -51,3 +50,5 @@ export const Problem = z.object({
   instance: z.string().optional(),
   errors: z.array(z.object({ pointer: z.string(), detail: z.string() })).optional(),
 });
+
+export const OpenApiDocument = z.object({ openapi: z.string(), paths: z.record(z.string(), z.unknown()) }).loose();

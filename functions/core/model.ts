@@ -32,9 +32,14 @@ export const Database = z.object({
 });
 export type Database = z.infer<typeof Database>;
 
-/** What the API shows of a database. */
-export const DatabaseView = Database.omit({ passwordVerifier: true, rev: true });
+/** What the API shows of a database: no secrets; `url` (without the password) once it has an endpoint. */
+export const DatabaseView = Database.omit({ passwordVerifier: true, rev: true }).extend({ url: z.string().optional() });
 export type DatabaseView = z.infer<typeof DatabaseView>;
+
+export function databaseView({ passwordVerifier: _verifier, rev: _rev, ...database }: Database): DatabaseView {
+  const { endpoint, username, databaseName } = database;
+  return endpoint ? { ...database, url: `postgresql://${username}@${endpoint.host}:${endpoint.port}/${databaseName}` } : database;
+}
 
 export const OperationKind = z.enum(['provision', 'deprovision']);
 export type OperationKind = z.infer<typeof OperationKind>;

@@ -1,1 +1,4 @@
-export const handler = async (input: unknown) => input; // placeholder, being written
+import { beginOperation } from '#core/operations.ts';
+import { stepHandler } from '#core/steps.ts';
+
+export const handler = stepHandler({}, (input, store) => beginOperation(store, input));

@@ -1,1 +1,5 @@
-export const handler = async (input: unknown) => input; // placeholder, being written
+import { failOperation } from '#core/operations.ts';
+import { stepHandler } from '#core/steps.ts';
+import { stepDeps } from './deps.ts';
+
+export const handler = stepHandler({}, async (input) => failOperation(await stepDeps(), input));

@@ -1,0 +1,8 @@
+import { EventPublisher } from '#core/events.ts';
+import type { Deps } from '#core/databases.ts';
+import { getStore } from '#core/http.ts';
+import { Workflows } from '#core/workflows.ts';
+
+let deps: Deps | undefined;
+/** The domain's dependencies, built once per Lambda container. */
+export const apiDeps = (): Deps => (deps ??= { store: getStore(), workflows: new Workflows(), events: new EventPublisher() });

@@ -1,0 +1,65 @@
+import type { z } from 'zod';
+import { EnsureInstance, HostInfo, Instance } from './agent-api.ts';
+import { config, envNames } from './config.ts';
+import { AgentRefused, AgentUnavailable } from './errors.ts';
+
+/** The one typed client of the agent API (see agent-api.ts). */
+export class AgentClient {
+  constructor(private readonly baseUrl: string, private readonly secret: string) {}
+
+  host(): Promise<HostInfo> {
+    return this.call('GET', '/v1/host', HostInfo);
+  }
+
+  ensureInstance(id: string, spec: EnsureInstance): Promise<Instance> {
+    return this.call('PUT', `/v1/instances/${id}`, Instance, spec);
+  }
+
+  async getInstance(id: string): Promise<Instance | undefined> {
+    return this.call('GET', `/v1/instances/${id}`, Instance, undefined, true);
+  }
+
+  async deleteInstance(id: string): Promise<void> {
+    await this.call('DELETE', `/v1/instances/${id}`, undefined);
+  }
+
+  private async call<T>(method: string, path: string, schema: z.ZodType<T> | undefined, body?: unknown, allowMissing = false): Promise<T> {
+    let response: Response;
+    try {
+      response = await fetch(new URL(path, this.baseUrl), {
+        method,
+        headers: { authorization: `Bearer ${this.secret}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+        signal: AbortSignal.timeout(30_000),
+      });
+    } catch (error) {
+      throw new AgentUnavailable(`agent ${method} ${path}: ${(error as Error).message}`, { cause: error });
+    }
+    if (allowMissing && response.status === 404) return undefined as T;
+    if (!response.ok) {
+      const problem = await response.json().catch(() => ({})) as { detail?: string; title?: string };
+      const reason = `agent ${method} ${path}: ${problem.detail ?? problem.title ?? response.statusText}`;
+      throw response.status >= 500 ? new AgentUnavailable(reason) : new AgentRefused(reason);
+    }
+    return schema ? schema.parse(await response.json()) : (undefined as T);
+  }
+}
+
+let secret: Promise<string> | undefined;
+
+/** The agent secret: from the environment locally, from Secrets Manager (by ARN) in AWS; read once per container. */
+async function agentSecret(): Promise<string> {
+  const inline = process.env[envNames.agentSecret];
+  if (inline) return inline;
+  const arn = process.env[envNames.agentSecretArn];
+  if (!arn) throw new Error(`missing environment variable ${envNames.agentSecret} or ${envNames.agentSecretArn}`);
+  const { SecretsManagerClient, GetSecretValueCommand } = await import('@aws-sdk/client-secrets-manager');
+  const { SecretString } = await new SecretsManagerClient({}).send(new GetSecretValueCommand({ SecretId: arn }));
+  if (!SecretString) throw new Error('the agent secret is empty');
+  return SecretString;
+}
+
+export async function agentClient(): Promise<AgentClient> {
+  secret ??= agentSecret();
+  return new AgentClient(config.agentUrl(), await secret);
+}

@@ -1,0 +1,99 @@
+import { type OfferedVersion, offeredVersions, resolveVersion } from './catalog.ts';
+import type { WorkflowName } from './config.ts';
+import { NotFound, Unprocessable } from './errors.ts';
+import type { EventPublisher } from './events.ts';
+import { newId } from './ids.ts';
+import type { Caller, Database, DatabaseStatus, Operation, OperationKind } from './model.ts';
+import { generatePassword, scramVerifier } from './scram.ts';
+import type { Store } from './store.ts';
+import type { Workflows } from './workflows.ts';
+
+/** Databases: the domain behind the API handlers, free of HTTP and Lambda. */
+
+export interface Deps {
+  store: Store;
+  workflows: Workflows;
+  events: EventPublisher;
+  now?: () => Date;
+}
+
+/** A database of the caller's by id or name; anything else, including another account's, is a 404. */
+export async function findDatabase(store: Store, caller: Caller, idOrName: string): Promise<Database> {
+  const id = idOrName.startsWith('db-') ? idOrName : await store.findDatabaseIdByName(caller.accountId, idOrName);
+  const database = id ? await store.getDatabase(id) : undefined;
+  if (!database || database.accountId !== caller.accountId || database.status === 'deleted') {
+    throw new NotFound(`no database "${idOrName}"`);
+  }
+  return database;
+}
+
+export async function hostVersions(store: Store, now: Date): Promise<OfferedVersion[]> {
+  const hosts = await store.listHosts();
+  const all = offeredVersions(hosts.flatMap((h) => h.versions), now);
+  return all.filter((v, i) => all.findIndex((w) => w.version === v.version) === i);
+}
+
+export interface CreateDatabaseInput {
+  name: string;
+  engine: 'postgresql';
+  version?: string;
+  plan: string;
+}
+
+export async function createDatabase(deps: Deps, caller: Caller, input: CreateDatabaseInput) {
+  const now = (deps.now ?? (() => new Date()))();
+  const offered = await hostVersions(deps.store, now);
+  const version = resolveVersion(input.version, offered);
+  if (!version) {
+    const allowed = offered.map((v) => v.version).join(', ') || 'none (no host has reported yet)';
+    throw new Unprocessable(`version ${input.version ?? '(default)'} is not offered; offered: ${allowed}`, {
+      errors: [{ pointer: '/body/version', detail: `one of: ${allowed}` }],
+    });
+  }
+  const password = generatePassword();
+  const at = now.toISOString();
+  const id = newId('db');
+  const roleName = input.name.replaceAll('-', '_');
+  const operation = newOperation(id, caller.accountId, 'provision', { ...input, version: version.version }, at);
+  const database: Database = {
+    id,
+    accountId: caller.accountId,
+    name: input.name,
+    engine: input.engine,
+    version: version.version,
+    plan: input.plan,
+    status: 'creating',
+    username: roleName,
+    databaseName: roleName,
+    passwordVerifier: scramVerifier(password),
+    activeOperation: operation.id,
+    rev: 1,
+    createdAt: at,
+    updatedAt: at,
+  };
+  await deps.store.createDatabase(database, operation);
+  await deps.events.databaseStatusChanged(database, 'none', 'creating', operation.id);
+  const started = await startWorkflow(deps, 'Provision', operation);
+  return { database, operation: started, password };
+}
+
+export async function deleteDatabase(deps: Deps, caller: Caller, idOrName: string) {
+  const database = await findDatabase(deps.store, caller, idOrName);
+  const at = (deps.now ?? (() => new Date()))().toISOString();
+  const operation = newOperation(database.id, caller.accountId, 'deprovision', {}, at);
+  await deps.store.startOperation(operation, ['running', 'failed'], 'deleting');
+  await deps.events.databaseStatusChanged(database, database.status, 'deleting', operation.id);
+  const started = await startWorkflow(deps, 'Deprovision', operation);
+  return { database: { ...database, status: 'deleting' as DatabaseStatus, activeOperation: operation.id }, operation: started };
+}
+
+function newOperation(databaseId: string, accountId: string, kind: OperationKind, input: Record<string, unknown>, at: string): Operation {
+  return { id: newId('op'), databaseId, accountId, kind, status: 'pending', input, steps: [], createdAt: at, updatedAt: at };
+}
+
+async function startWorkflow(deps: Deps, workflow: WorkflowName, operation: Operation): Promise<Operation> {
+  const executionArn = await deps.workflows.start(workflow, { operationId: operation.id, databaseId: operation.databaseId });
+  if (!executionArn) return operation;
+  await deps.store.setOperationFields(operation, { executionArn });
+  return { ...operation, executionArn };
+}

@@ -1,0 +1,31 @@
+import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
+import { detailTypes, eventSource } from '../events/rules.ts';
+import { config } from './config.ts';
+import type { Database, Operation } from './model.ts';
+
+/** Puts dbplane's events on the bus (EventBridge in AWS, the local bus in the runtime). */
+export class EventPublisher {
+  constructor(private readonly client = new EventBridgeClient({}), private readonly busName = config.eventBusName()) {}
+
+  async operationFinished(operation: Operation): Promise<void> {
+    await this.put(detailTypes.operationFinished, {
+      databaseId: operation.databaseId,
+      accountId: operation.accountId,
+      operationId: operation.id,
+      kind: operation.kind,
+      status: operation.status,
+      error: operation.error,
+    });
+  }
+
+  async databaseStatusChanged(database: Pick<Database, 'id' | 'accountId'>, from: string, to: string, operationId?: string): Promise<void> {
+    await this.put(detailTypes.databaseStatusChanged, { databaseId: database.id, accountId: database.accountId, operationId, from, to });
+  }
+
+  private async put(detailType: string, detail: Record<string, unknown>): Promise<void> {
+    const result = await this.client.send(new PutEventsCommand({
+      Entries: [{ EventBusName: this.busName, Source: eventSource, DetailType: detailType, Detail: JSON.stringify(detail) }],
+    }));
+    if (result.FailedEntryCount) throw new Error(`event ${detailType} was not accepted: ${result.Entries?.[0]?.ErrorMessage}`);
+  }
+}

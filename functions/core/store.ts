@@ -1,0 +1,369 @@
+import { ConditionalCheckFailedException, DynamoDBClient, TransactionCanceledException } from '@aws-sdk/client-dynamodb';
+import {
+  DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand,
+} from '@aws-sdk/lib-dynamodb';
+import type { HostInfo } from './agent-api.ts';
+import { config } from './config.ts';
+import { Conflict, OperationInProgress } from './errors.ts';
+import {
+  Account, AuditEvent, Database, type DatabaseStatus, Operation, type OperationStatus, type OperationStep, TokenRecord,
+} from './model.ts';
+
+/**
+ * All access to the single table. Keys (see table.ts):
+ *   DB#<id>/META, DB#<id>/OP#<id>, DB#<id>/EVT#<id>, NAME#<account>#<name>/META, ACCOUNT#<id>/META,
+ *   TOKEN#<sha256>/META, IDEM#<account>#<key>/META, HOSTS/HOST#<id>.
+ * Conditional-write failures become domain errors here, at the boundary.
+ */
+
+const dbKey = (id: string) => ({ pk: `DB#${id}`, sk: 'META' });
+const nameKey = (accountId: string, name: string) => ({ pk: `NAME#${accountId}#${name}`, sk: 'META' });
+const opKey = (databaseId: string, id: string) => ({ pk: `DB#${databaseId}`, sk: `OP#${id}` });
+
+const keyAttributes = ['pk', 'sk', 'gsi1pk', 'gsi1sk', 'gsi2pk', 'gsi2sk', 'expiresAt'];
+function strip<T>(item: Record<string, unknown>): T {
+  return Object.fromEntries(Object.entries(item).filter(([k]) => !keyAttributes.includes(k))) as T;
+}
+
+/** Steps are kept as a map by name (so a retried step updates its entry) and shown as a list in start order. */
+function toOperation(item: Record<string, unknown>): Operation {
+  const steps = Object.values((item.steps ?? {}) as Record<string, OperationStep>)
+    .sort((a, b) => a.startedAt.localeCompare(b.startedAt));
+  return Operation.parse({ ...strip<Record<string, unknown>>(item), steps });
+}
+
+function cancellationReasons(error: unknown): (string | undefined)[] | undefined {
+  return error instanceof TransactionCanceledException ? error.CancellationReasons?.map((r) => r.Code) : undefined;
+}
+
+export interface IdempotencyRecord {
+  requestHash: string;
+  status: 'in_progress' | 'completed';
+  response?: { statusCode: number; headers: Record<string, string>; body: string };
+  expiresAt: number;
+}
+
+export class Store {
+  private readonly doc: DynamoDBDocumentClient;
+
+  constructor(client = new DynamoDBClient({}), private readonly table = config.tableName()) {
+    this.doc = DynamoDBDocumentClient.from(client, { marshallOptions: { removeUndefinedValues: true } });
+  }
+
+  // ---- accounts and tokens
+
+  async putAccount(account: Account): Promise<void> {
+    await this.doc.send(new PutCommand({ TableName: this.table, Item: { pk: `ACCOUNT#${account.id}`, sk: 'META', ...account } }));
+  }
+
+  async getAccount(id: string): Promise<Account | undefined> {
+    const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: `ACCOUNT#${id}`, sk: 'META' } }));
+    return Item && Account.parse(strip(Item));
+  }
+
+  async putToken(tokenHash: string, token: TokenRecord): Promise<void> {
+    await this.doc.send(new PutCommand({
+      TableName: this.table,
+      Item: { pk: `TOKEN#${tokenHash}`, sk: 'META', ...token },
+      ConditionExpression: 'attribute_not_exists(pk)',
+    }));
+  }
+
+  async getToken(tokenHash: string): Promise<TokenRecord | undefined> {
+    const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: `TOKEN#${tokenHash}`, sk: 'META' } }));
+    return Item && TokenRecord.parse(strip(Item));
+  }
+
+  // ---- databases
+
+  /** Writes the new database, its name claim and its provisioning operation (which holds the lock) at once. */
+  async createDatabase(database: Database, operation: Operation): Promise<void> {
+    try {
+      await this.doc.send(new TransactWriteCommand({
+        TransactItems: [
+          { Put: { TableName: this.table, Item: { ...dbKey(database.id), gsi1pk: `OWNER#${database.accountId}`, gsi1sk: `DB#${database.name}`, ...database }, ConditionExpression: 'attribute_not_exists(pk)' } },
+          { Put: { TableName: this.table, Item: { ...nameKey(database.accountId, database.name), databaseId: database.id }, ConditionExpression: 'attribute_not_exists(pk)' } },
+          { Put: { TableName: this.table, Item: this.operationItem(operation) } },
+        ],
+      }));
+    } catch (error) {
+      if (cancellationReasons(error)?.[1] === 'ConditionalCheckFailed') {
+        throw new Conflict(`a database named "${database.name}" already exists`, { errors: [{ pointer: '/body/name', detail: 'already taken' }] });
+      }
+      throw error;
+    }
+  }
+
+  async getDatabase(id: string): Promise<Database | undefined> {
+    const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: dbKey(id), ConsistentRead: true }));
+    return Item && Database.parse(strip(Item));
+  }
+
+  async findDatabaseIdByName(accountId: string, name: string): Promise<string | undefined> {
+    const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: nameKey(accountId, name) }));
+    return Item?.databaseId as string | undefined;
+  }
+
+  async listDatabases(accountId: string): Promise<Database[]> {
+    const items = await this.queryAll({
+      IndexName: 'gsi1',
+      KeyConditionExpression: 'gsi1pk = :owner AND begins_with(gsi1sk, :db)',
+      ExpressionAttributeValues: { ':owner': `OWNER#${accountId}`, ':db': 'DB#' },
+    });
+    return items.map((item) => Database.parse(strip(item)));
+  }
+
+  /**
+   * Takes the database's lock for a new operation and records the operation, in one transaction.
+   * Fails with 409 naming the operation in progress, or with 409 when the status does not allow it.
+   */
+  async startOperation(operation: Operation, allowedStatuses: DatabaseStatus[], newStatus: DatabaseStatus): Promise<void> {
+    const statusValues = Object.fromEntries(allowedStatuses.map((s, i) => [`:allowed${i}`, s]));
+    try {
+      await this.doc.send(new TransactWriteCommand({
+        TransactItems: [
+          {
+            Update: {
+              TableName: this.table,
+              Key: dbKey(operation.databaseId),
+              UpdateExpression: 'SET activeOperation = :op, #status = :status, updatedAt = :now, rev = rev + :one REMOVE statusReason',
+              ConditionExpression: `attribute_exists(pk) AND attribute_not_exists(activeOperation) AND #status IN (${Object.keys(statusValues).join(', ')})`,
+              ExpressionAttributeNames: { '#status': 'status' },
+              ExpressionAttributeValues: { ':op': operation.id, ':status': newStatus, ':now': operation.createdAt, ':one': 1, ...statusValues },
+            },
+          },
+          { Put: { TableName: this.table, Item: this.operationItem(operation) } },
+        ],
+      }));
+    } catch (error) {
+      if (cancellationReasons(error)?.[0] !== 'ConditionalCheckFailed') throw error;
+      const current = await this.getDatabase(operation.databaseId);
+      if (current?.activeOperation) throw new OperationInProgress(current.activeOperation);
+      throw new Conflict(`the database is ${current?.status ?? 'gone'}; this operation needs it ${allowedStatuses.join(' or ')}`);
+    }
+  }
+
+  /**
+   * Ends an operation and releases the database's lock, applying `changes` to the database.
+   * Safe to repeat: once the lock is released by this operation, a second call changes nothing.
+   */
+  async finishOperation(
+    operation: Pick<Operation, 'id' | 'databaseId'>,
+    outcome: { status: OperationStatus; error?: string; at: string },
+    changes: { status: DatabaseStatus; statusReason?: string; endpoint?: Database['endpoint']; deleted?: { accountId: string; name: string } },
+  ): Promise<boolean> {
+    const set = ['#status = :dbStatus', 'updatedAt = :at', 'rev = rev + :one'];
+    const remove = ['activeOperation'];
+    const values: Record<string, unknown> = { ':op': operation.id, ':dbStatus': changes.status, ':at': outcome.at, ':one': 1 };
+    if (changes.statusReason) { set.push('statusReason = :reason'); values[':reason'] = changes.statusReason; } else remove.push('statusReason');
+    if (changes.endpoint) { set.push('endpoint = :endpoint'); values[':endpoint'] = changes.endpoint; }
+    if (changes.deleted) remove.push('gsi1pk', 'gsi1sk', 'endpoint');
+    const items: NonNullable<ConstructorParameters<typeof TransactWriteCommand>[0]['TransactItems']> = [
+      {
+        Update: {
+          TableName: this.table,
+          Key: dbKey(operation.databaseId),
+          UpdateExpression: `SET ${set.join(', ')} REMOVE ${remove.join(', ')}`,
+          ConditionExpression: 'activeOperation = :op',
+          ExpressionAttributeNames: { '#status': 'status' },
+          ExpressionAttributeValues: values,
+        },
+      },
+      {
+        Update: {
+          TableName: this.table,
+          Key: opKey(operation.databaseId, operation.id),
+          UpdateExpression: 'SET #status = :status, finishedAt = :at, updatedAt = :at' + (outcome.error ? ', #error = :error' : '') + ' REMOVE gsi2pk, gsi2sk',
+          ExpressionAttributeNames: { '#status': 'status', ...(outcome.error ? { '#error': 'error' } : {}) },
+          ExpressionAttributeValues: { ':status': outcome.status, ':at': outcome.at, ...(outcome.error ? { ':error': outcome.error } : {}) },
+        },
+      },
+    ];
+    if (changes.deleted) {
+      items.push({
+        Delete: {
+          TableName: this.table,
+          Key: nameKey(changes.deleted.accountId, changes.deleted.name),
+          ConditionExpression: 'attribute_not_exists(pk) OR databaseId = :id',
+          ExpressionAttributeValues: { ':id': operation.databaseId },
+        },
+      });
+    }
+    try {
+      await this.doc.send(new TransactWriteCommand({ TransactItems: items }));
+      return true;
+    } catch (error) {
+      if (cancellationReasons(error)?.[0] === 'ConditionalCheckFailed') return false;
+      throw error;
+    }
+  }
+
+  // ---- operations
+
+  private operationItem(operation: Operation) {
+    const { steps, ...rest } = operation;
+    return {
+      ...opKey(operation.databaseId, operation.id),
+      gsi1pk: `OP#${operation.id}`,
+      gsi1sk: 'OP',
+      gsi2pk: 'ACTIVE',
+      gsi2sk: operation.createdAt,
+      ...rest,
+      steps: Object.fromEntries(steps.map((s) => [s.name, s])),
+    };
+  }
+
+  async getOperation(id: string): Promise<Operation | undefined> {
+    const { Items } = await this.doc.send(new QueryCommand({
+      TableName: this.table,
+      IndexName: 'gsi1',
+      KeyConditionExpression: 'gsi1pk = :op',
+      ExpressionAttributeValues: { ':op': `OP#${id}` },
+    }));
+    if (!Items?.[0]) return undefined;
+    // The index is eventually consistent; read the item itself for the latest state.
+    const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: Items[0].pk, sk: Items[0].sk }, ConsistentRead: true }));
+    return Item && toOperation(Item);
+  }
+
+  async getDatabaseOperation(databaseId: string, id: string): Promise<Operation | undefined> {
+    const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: opKey(databaseId, id), ConsistentRead: true }));
+    return Item && toOperation(Item);
+  }
+
+  async listOperations(databaseId: string): Promise<Operation[]> {
+    const items = await this.queryAll({
+      KeyConditionExpression: 'pk = :db AND begins_with(sk, :op)',
+      ExpressionAttributeValues: { ':db': `DB#${databaseId}`, ':op': 'OP#' },
+      ScanIndexForward: false,
+    });
+    return items.map(toOperation);
+  }
+
+  /** Unfinished operations, oldest first, from the sparse index. */
+  async listActiveOperations(startedBefore: string): Promise<Pick<Operation, 'id' | 'databaseId'>[]> {
+    const items = await this.queryAll({
+      IndexName: 'gsi2',
+      KeyConditionExpression: 'gsi2pk = :active AND gsi2sk < :before',
+      ExpressionAttributeValues: { ':active': 'ACTIVE', ':before': startedBefore },
+    });
+    return items.map((item) => ({ id: item.id as string, databaseId: item.databaseId as string }));
+  }
+
+  async setOperationFields(operation: Pick<Operation, 'id' | 'databaseId'>, fields: Partial<Pick<Operation, 'status' | 'executionArn' | 'updatedAt'>>): Promise<void> {
+    const names = Object.keys(fields);
+    await this.doc.send(new UpdateCommand({
+      TableName: this.table,
+      Key: opKey(operation.databaseId, operation.id),
+      UpdateExpression: `SET ${names.map((n, i) => `#f${i} = :v${i}`).join(', ')}`,
+      ExpressionAttributeNames: Object.fromEntries(names.map((n, i) => [`#f${i}`, n])),
+      ExpressionAttributeValues: Object.fromEntries(names.map((n, i) => [`:v${i}`, fields[n as keyof typeof fields]])),
+    }));
+  }
+
+  /** Records a step starting; a retried step keeps its entry and counts the attempt. */
+  async stepStarted(operation: Pick<Operation, 'id' | 'databaseId'>, name: string, at: string): Promise<void> {
+    const key = opKey(operation.databaseId, operation.id);
+    try {
+      await this.doc.send(new UpdateCommand({
+        TableName: this.table,
+        Key: key,
+        UpdateExpression: 'SET steps.#name = :step, updatedAt = :at',
+        ConditionExpression: 'attribute_not_exists(steps.#name)',
+        ExpressionAttributeNames: { '#name': name },
+        ExpressionAttributeValues: { ':step': { name, status: 'running', startedAt: at, attempts: 1 }, ':at': at },
+      }));
+    } catch (error) {
+      if (!(error instanceof ConditionalCheckFailedException)) throw error;
+      await this.doc.send(new UpdateCommand({
+        TableName: this.table,
+        Key: key,
+        UpdateExpression: 'SET steps.#name.#status = :running, steps.#name.attempts = steps.#name.attempts + :one, updatedAt = :at REMOVE steps.#name.finishedAt',
+        ExpressionAttributeNames: { '#name': name, '#status': 'status' },
+        ExpressionAttributeValues: { ':running': 'running', ':one': 1, ':at': at },
+      }));
+    }
+  }
+
+  async stepEnded(operation: Pick<Operation, 'id' | 'databaseId'>, name: string, status: 'succeeded' | 'failed' | 'running', at: string, detail?: string): Promise<void> {
+    await this.doc.send(new UpdateCommand({
+      TableName: this.table,
+      Key: opKey(operation.databaseId, operation.id),
+      UpdateExpression: `SET steps.#name.#status = :status, updatedAt = :at${status === 'running' ? '' : ', steps.#name.finishedAt = :at'}${detail ? ', steps.#name.detail = :detail' : ''}`,
+      ExpressionAttributeNames: { '#name': name, '#status': 'status' },
+      ExpressionAttributeValues: { ':status': status, ':at': at, ...(detail ? { ':detail': detail } : {}) },
+    }));
+  }
+
+  // ---- audit events
+
+  async putEvent(event: AuditEvent): Promise<void> {
+    await this.doc.send(new PutCommand({ TableName: this.table, Item: { pk: `DB#${event.databaseId}`, sk: `EVT#${event.id}`, ...event } }));
+  }
+
+  async listEvents(databaseId: string): Promise<AuditEvent[]> {
+    const items = await this.queryAll({
+      KeyConditionExpression: 'pk = :db AND begins_with(sk, :evt)',
+      ExpressionAttributeValues: { ':db': `DB#${databaseId}`, ':evt': 'EVT#' },
+      ScanIndexForward: false,
+    });
+    return items.map((item) => AuditEvent.parse(strip(item)));
+  }
+
+  // ---- hosts
+
+  async putHost(host: HostInfo, at: string): Promise<void> {
+    await this.doc.send(new PutCommand({ TableName: this.table, Item: { pk: 'HOSTS', sk: `HOST#${host.hostId}`, ...host, seenAt: at } }));
+  }
+
+  async listHosts(): Promise<HostInfo[]> {
+    const items = await this.queryAll({ KeyConditionExpression: 'pk = :hosts', ExpressionAttributeValues: { ':hosts': 'HOSTS' } });
+    return items.map((item) => strip<HostInfo & { seenAt: string }>(item));
+  }
+
+  // ---- idempotency
+
+  /** Claims an idempotency key; returns the existing record when the key is already taken and not expired. */
+  async claimIdempotencyKey(accountId: string, key: string, record: IdempotencyRecord, now: number): Promise<IdempotencyRecord | undefined> {
+    try {
+      await this.doc.send(new PutCommand({
+        TableName: this.table,
+        Item: { pk: `IDEM#${accountId}#${key}`, sk: 'META', ...record },
+        // TTL deletion is lazy: an expired record still there counts as absent.
+        ConditionExpression: 'attribute_not_exists(pk) OR expiresAt < :now',
+        ExpressionAttributeValues: { ':now': Math.floor(now / 1000) },
+      }));
+      return undefined;
+    } catch (error) {
+      if (!(error instanceof ConditionalCheckFailedException)) throw error;
+      const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: { pk: `IDEM#${accountId}#${key}`, sk: 'META' }, ConsistentRead: true }));
+      // Gone in between (released after a failure): let the caller go ahead.
+      return Item && { ...strip<IdempotencyRecord>(Item), expiresAt: Item.expiresAt as number };
+    }
+  }
+
+  async completeIdempotencyKey(accountId: string, key: string, response: NonNullable<IdempotencyRecord['response']>): Promise<void> {
+    await this.doc.send(new UpdateCommand({
+      TableName: this.table,
+      Key: { pk: `IDEM#${accountId}#${key}`, sk: 'META' },
+      UpdateExpression: 'SET #status = :completed, #response = :response',
+      ExpressionAttributeNames: { '#status': 'status', '#response': 'response' },
+      ExpressionAttributeValues: { ':completed': 'completed', ':response': response },
+    }));
+  }
+
+  async releaseIdempotencyKey(accountId: string, key: string): Promise<void> {
+    await this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: `IDEM#${accountId}#${key}`, sk: 'META' } }));
+  }
+
+  private async queryAll(input: Omit<ConstructorParameters<typeof QueryCommand>[0], 'TableName'>): Promise<Record<string, unknown>[]> {
+    const items: Record<string, unknown>[] = [];
+    let ExclusiveStartKey: Record<string, unknown> | undefined;
+    do {
+      const page = await this.doc.send(new QueryCommand({ ...input, TableName: this.table, ExclusiveStartKey }));
+      items.push(...(page.Items ?? []));
+      ExclusiveStartKey = page.LastEvaluatedKey;
+    } while (ExclusiveStartKey);
+    return items;
+  }
+}
