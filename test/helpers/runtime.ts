@@ -1,0 +1,23 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Runtime, startRuntime } from '../../local/runtime.ts';
+
+/** Starts the whole local runtime in-process on free ports and a temp folder; `stop` removes both. */
+export async function startTestRuntime(options: { agentFaults?: boolean } = {}): Promise<Runtime & { dataDir: string }> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'dbplane-test-'));
+  try {
+    const runtime = await startRuntime({ dataDir, port: 0, agentFaults: options.agentFaults, fastWaits: true });
+    return {
+      ...runtime,
+      dataDir,
+      async stop() {
+        await runtime.stop();
+        rmSync(dataDir, { recursive: true, force: true });
+      },
+    };
+  } catch (error) {
+    rmSync(dataDir, { recursive: true, force: true });
+    throw error;
+  }
+}
