@@ -1,0 +1,249 @@
+import { access, chmod, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { z } from 'zod';
+import { EnsureInstance, InstanceId, type Instance } from '#core/agent-api.ts';
+import { BadRequest, Conflict, Unprocessable, type FieldIssue } from '#core/errors.ts';
+import { InjectedFault, type Faults } from './faults.ts';
+import type { PostgresInstall } from './host.ts';
+import { errorMessage, log } from './log.ts';
+import {
+  adminRole, initCluster, makePrivateDir, settingsProblems, spawnPostmaster, stopStalePostmaster, writeServerConfig,
+  type RunAs, type ServerPaths,
+} from './postgres.ts';
+import { supervise, type Supervisor } from './supervisor.ts';
+
+/** What `<dataDir>/instances/<id>/state.json` holds: enough to bring the instance back after a restart. */
+const StoredInstance = z.object({ id: InstanceId, port: z.number().int(), spec: EnsureInstance });
+type StoredInstance = z.infer<typeof StoredInstance>;
+
+interface Managed {
+  stored: StoredInstance;
+  supervisor: Supervisor;
+}
+
+export interface InstanceManager {
+  ensure(id: string, spec: EnsureInstance): Promise<Instance>;
+  get(id: string): Instance | undefined;
+  remove(id: string): Promise<void>;
+  /** Prepares the data folder and brings back every instance found in it. */
+  resumeAll(): Promise<void>;
+  stopAll(): Promise<void>;
+}
+
+export interface InstanceManagerOptions {
+  dataDir: string;
+  installs: PostgresInstall[];
+  runAs: RunAs | undefined;
+  faults: Faults;
+}
+
+const host = '127.0.0.1';
+const reservedDatabases = new Set(['postgres', 'template0', 'template1']);
+
+export function createInstanceManager({ dataDir, installs, runAs, faults }: InstanceManagerOptions): InstanceManager {
+  const instancesDir = join(dataDir, 'instances');
+  // Sockets live in <dataDir>/sockets/<port>, not in the instance folder: an instance id can be 63
+  // characters and a unix socket path must fit in 107 bytes.
+  const socketsDir = join(dataDir, 'sockets');
+  const instances = new Map<string, Managed>();
+  const queues = new Map<string, Promise<unknown>>();
+
+  const instanceDir = (id: string) => join(instancesDir, id);
+  const serverPaths = ({ id, port }: StoredInstance): ServerPaths => ({
+    data: join(instanceDir(id), 'data'),
+    log: join(instanceDir(id), 'log'),
+    socket: join(socketsDir, String(port)),
+  });
+
+  /** Calls for one instance run one after the other; calls for different instances do not wait for each other. */
+  function serialized<T>(id: string, task: () => Promise<T>): Promise<T> {
+    const result = (queues.get(id) ?? Promise.resolve()).then(task);
+    const settled = result.catch(() => undefined);
+    queues.set(id, settled);
+    void settled.then(() => { if (queues.get(id) === settled) queues.delete(id); });
+    return result;
+  }
+
+  async function saveState(stored: StoredInstance): Promise<void> {
+    const file = join(instanceDir(stored.id), 'state.json');
+    await writeFile(`${file}.tmp`, JSON.stringify(stored, null, 2), { mode: 0o600 });
+    await rename(`${file}.tmp`, file);
+  }
+
+  function manage(stored: StoredInstance): Managed {
+    const install = () => installs.find((i) => i.version === managed.stored.spec.version);
+    // The lifecycle reads managed.stored when it runs, so a changed spec applies from the next start.
+    const managed: Managed = { stored, supervisor: supervise(stored.id, {
+      async prepare() {
+        const fault = faults.take('startServer', stored.id);
+        if (fault) throw new Error(fault.message);
+        const binaries = install();
+        if (!binaries) throw new Error(`PostgreSQL ${managed.stored.spec.version} is not installed on this host`);
+        const paths = serverPaths(managed.stored);
+        await makePrivateDir(paths.log, runAs);
+        await makePrivateDir(paths.socket, runAs);
+        await stopStalePostmaster(paths.data);
+        if (!(await exists(join(paths.data, 'PG_VERSION')))) await initCluster(binaries, paths, runAs);
+        await writeServerConfig(paths, managed.stored.port, managed.stored.spec.settings, runAs);
+      },
+      spawn: () => spawnPostmaster(install()!, serverPaths(managed.stored), runAs),
+      becomeReady: (current) => provision(managed.stored, serverPaths(managed.stored).socket, current),
+    }) };
+    return managed;
+  }
+
+  function view({ stored, supervisor }: Managed): Instance {
+    return { id: stored.id, engine: stored.spec.engine, version: stored.spec.version, host, port: stored.port, ...supervisor.state() };
+  }
+
+  async function create(id: string, spec: EnsureInstance): Promise<Managed> {
+    if (!installs.some((i) => i.version === spec.version)) {
+      throw new Unprocessable(`PostgreSQL ${spec.version} is not installed on this host`);
+    }
+    const stored = { id, port: await allocatePort(new Set([...instances.values()].map((m) => m.stored.port))), spec };
+    await makePrivateDir(instanceDir(id), runAs);
+    await saveState(stored);
+    const managed = manage(stored);
+    instances.set(id, managed);
+    log('info', 'instance created', { instance: id, version: spec.version, port: stored.port });
+    return managed;
+  }
+
+  async function converge(managed: Managed, spec: EnsureInstance): Promise<void> {
+    const current = managed.stored.spec;
+    if (spec.engine !== current.engine || spec.version !== current.version) {
+      throw new Conflict(`instance ${managed.stored.id} runs ${current.engine} ${current.version}, not ${spec.version}; changing versions is an upgrade`);
+    }
+    const settingsChanged = canonical(spec.settings) !== canonical(current.settings);
+    const accessChanged = canonical(spec.role) !== canonical(current.role) || spec.database !== current.database;
+    if (!settingsChanged && !accessChanged) return;
+    managed.stored = { ...managed.stored, spec };
+    await saveState(managed.stored);
+    if (settingsChanged) {
+      log('info', 'settings changed; restarting', { instance: managed.stored.id });
+      await managed.supervisor.stop();
+    } else {
+      managed.supervisor.reprovision();
+    }
+  }
+
+  return {
+    ensure: (id, spec) => serialized(id, async () => {
+      const fault = faults.take('ensureInstance', id);
+      if (fault) throw new InjectedFault(fault.message);
+      checkSpec(spec);
+      const existing = instances.get(id);
+      if (existing) await converge(existing, spec);
+      const managed = existing ?? await create(id, spec);
+      // Starts a new or restarted server; retries a failed one; leaves a running one alone.
+      managed.supervisor.start();
+      return view(managed);
+    }),
+
+    get: (id) => {
+      const managed = instances.get(id);
+      return managed && view(managed);
+    },
+
+    remove: (id) => serialized(id, async () => {
+      const fault = faults.take('deleteInstance', id);
+      if (fault) throw new InjectedFault(fault.message);
+      const managed = instances.get(id);
+      if (managed) {
+        await managed.supervisor.stop();
+        instances.delete(id);
+        await rm(serverPaths(managed.stored).socket, { recursive: true, force: true });
+      }
+      await rm(instanceDir(id), { recursive: true, force: true });
+      log('info', 'instance deleted', { instance: id });
+    }),
+
+    async resumeAll() {
+      // A root agent's servers run as another user, who must be able to pass through to their own folders.
+      for (const dir of [dataDir, instancesDir, socketsDir]) {
+        await mkdir(dir, { recursive: true });
+        if (runAs) await chmod(dir, 0o711);
+      }
+      for (const id of await readdir(instancesDir)) {
+        const stored = await readFile(join(instanceDir(id), 'state.json'), 'utf8')
+          .then((text) => StoredInstance.parse(JSON.parse(text)))
+          .catch((error: unknown) => log('error', 'ignoring an instance folder without a valid state.json', { instance: id, error: errorMessage(error) }));
+        if (!stored || stored.id !== id) continue;
+        const managed = manage(stored);
+        instances.set(id, managed);
+        managed.supervisor.start();
+      }
+    },
+
+    async stopAll() {
+      await Promise.all([...instances.values()].map((m) => m.supervisor.stop()));
+    },
+  };
+}
+
+/** The agent's own policy on top of the contract's schema: names it reserves and settings it cannot write. */
+function checkSpec(spec: EnsureInstance): void {
+  const issues: FieldIssue[] = [];
+  if (spec.role.name === adminRole || spec.role.name.startsWith('pg_')) issues.push({ pointer: '/role/name', detail: 'this role name is reserved' });
+  if (reservedDatabases.has(spec.database)) issues.push({ pointer: '/database', detail: 'this database name is reserved' });
+  for (const [name, detail] of Object.entries(settingsProblems(spec.settings))) issues.push({ pointer: `/settings/${name}`, detail });
+  if (issues.length > 0) throw new BadRequest('the instance spec is not valid', { errors: issues });
+}
+
+/** Connects as the admin over the instance's socket once the server accepts connections, then grants the customer access. */
+async function provision(stored: StoredInstance, socketDir: string, current: () => boolean): Promise<void> {
+  const client = await connectWhenReady(socketDir, stored.port, current);
+  try {
+    const { role, database } = stored.spec;
+    const roleName = client.escapeIdentifier(role.name);
+    const databaseName = client.escapeIdentifier(database);
+    const roleExists = (await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role.name])).rowCount;
+    // Given a verifier, PostgreSQL stores it as is: the clear password never reaches this host.
+    await client.query(`${roleExists ? 'ALTER' : 'CREATE'} ROLE ${roleName} LOGIN PASSWORD ${client.escapeLiteral(role.scramVerifier)}`);
+    const databaseExists = (await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database])).rowCount;
+    await client.query(databaseExists ? `ALTER DATABASE ${databaseName} OWNER TO ${roleName}` : `CREATE DATABASE ${databaseName} OWNER ${roleName}`);
+    await client.query(`REVOKE CONNECT ON DATABASE ${databaseName} FROM PUBLIC`);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+async function connectWhenReady(socketDir: string, port: number, current: () => boolean): Promise<pg.Client> {
+  while (current()) {
+    const client = new pg.Client({ host: socketDir, port, user: adminRole, database: 'postgres', connectionTimeoutMillis: 2_000 });
+    // A server that dies under an open connection emits 'error'; unhandled, it would take the agent down.
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      return client;
+    } catch {
+      await client.end().catch(() => undefined);
+      await sleep(100);
+    }
+  }
+  throw new Error('the server stopped before it accepted connections');
+}
+
+/** A port nothing listens on now and no other instance owns; kept for the instance's lifetime. */
+async function allocatePort(taken: Set<number>): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const probe = createServer().once('error', reject).listen(0, host, () => {
+        const { port } = probe.address() as { port: number };
+        probe.close(() => resolve(port));
+      });
+    });
+    if (!taken.has(port)) return port;
+  }
+}
+
+function canonical(value: object): string {
+  return JSON.stringify(Object.entries(value).sort(([a], [b]) => a.localeCompare(b)));
+}
+
+function exists(path: string): Promise<boolean> {
+  return access(path).then(() => true, () => false);
+}

@@ -1,0 +1,85 @@
+import { spawn } from 'node:child_process';
+import { dirname } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+
+export interface SpawnAgentOptions {
+  dataDir: string;
+  secret: string;
+  /** 0 or absent: a free port. */
+  port?: number;
+  /** Enables the fault-injection routes (tests only). */
+  faults?: boolean;
+}
+
+export interface AgentProcess {
+  url: string;
+  pid: number;
+  /** SIGTERM, then waits for the agent to stop its servers and exit; SIGKILLs its process group after 15 s. */
+  stop(): Promise<void>;
+}
+
+const ListeningLine = z.object({ agent: z.literal('listening'), url: z.string() });
+const startTimeoutMs = 30_000;
+const stopTimeoutMs = 15_000;
+
+/** Starts the agent as a child process (its own process group) and resolves once it listens. */
+export async function spawnAgent({ dataDir, secret, port = 0, faults = false }: SpawnAgentOptions): Promise<AgentProcess> {
+  const tsx = fileURLToPath(new URL('../node_modules/.bin/tsx', import.meta.url));
+  const child = spawn(tsx, [fileURLToPath(new URL('./main.ts', import.meta.url))], {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: {
+      ...process.env,
+      // tsx starts with `#!/usr/bin/env node`: run it on the same node as the caller.
+      PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`,
+      DBPLANE_AGENT_DATA_DIR: dataDir,
+      DBPLANE_AGENT_SECRET: secret,
+      DBPLANE_AGENT_PORT: String(port),
+      DBPLANE_AGENT_FAULTS: faults ? '1' : '0',
+    },
+  });
+  const exited = new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.once('error', () => resolve());
+  });
+
+  const url = await new Promise<string>((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout! });
+    const timer = setTimeout(() => fail(new Error(`the agent did not start listening within ${startTimeoutMs} ms`)), startTimeoutMs);
+    function fail(error: Error) {
+      clearTimeout(timer);
+      if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, 'SIGKILL');
+      reject(error);
+    }
+    lines.once('line', (line) => {
+      clearTimeout(timer);
+      const parsed = ListeningLine.safeParse(parseJson(line));
+      if (parsed.success) resolve(parsed.data.url);
+      else fail(new Error(`unexpected first line from the agent: ${line}`));
+    });
+    child.once('error', fail);
+    child.once('exit', (code, signal) => fail(new Error(`the agent exited before listening (${signal ?? `exit code ${code}`})`)));
+  });
+
+  return {
+    url,
+    pid: child.pid!,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), stopTimeoutMs);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,129 @@
+import { type Command, Option } from 'commander';
+import type { z } from 'zod';
+import { type EngineName, engineNames } from '#core/catalog.ts';
+import { DatabaseView } from '#core/model.ts';
+import { AuditEventList, CreateDatabaseBody, DatabaseCreated, DatabaseDeleted, DatabaseList } from '../../functions/api/schemas.ts';
+import { CliError } from '../client.ts';
+import { readConfig, updateConfig } from '../config.ts';
+import { type Context, contextOf } from '../context.ts';
+import { fields, json, table } from '../output.ts';
+import { addWaitOptions, waitForOperation, type WaitOptions } from '../wait.ts';
+
+export function registerDatabases(program: Command): void {
+  const databases = program.command('databases').alias('db').description('create, inspect and delete databases');
+
+  addWaitOptions(databases.command('create')
+    .description('create a database; prints its password once and remembers its connection URL')
+    .argument('<name>', 'lowercase letters, digits and dashes')
+    .addOption(new Option('--engine <engine>', 'the database engine').choices(engineNames).makeOptionMandatory())
+    .option('--version <version>', 'a major ("17") or major.minor ("17.10"); default: the newest default major')
+    .requiredOption('--plan <plan>', 'a plan id (see dbplane plans)'))
+    .action(async (name: string, options: { engine: EngineName; version?: string; plan: string } & WaitOptions, command: Command) => {
+      const ctx = await contextOf(command);
+      const body: z.input<typeof CreateDatabaseBody> = { name, engine: options.engine, version: options.version, plan: options.plan };
+      const created = await ctx.client.post('/databases', body, DatabaseCreated);
+      // Saved before anything else can fail: the API will never show this password again.
+      await updateConfig(ctx.configPath, (config) => {
+        config.credentials[ctx.apiUrl] = { ...config.credentials[ctx.apiUrl], [created.database.id]: { database: created.database.name, password: created.password } };
+      });
+      ctx.out(ctx.json
+        ? json(created)
+        : databaseFields(created.database, [['password', `${created.password}  (shown once; saved in ${ctx.configPath})`]]));
+      if (!options.wait) {
+        ctx.note(`once it is running: dbplane databases url ${created.database.name}`);
+        return;
+      }
+      await waitForOperation(ctx, created.operation, options.timeout);
+      const db = await findDatabase(ctx, created.database.id);
+      if (db.url) ctx.progress(`url: ${withPassword(db.url, created.password)}`);
+    });
+
+  databases.command('list')
+    .description('your databases')
+    .action(async (_options: unknown, command: Command) => {
+      const ctx = await contextOf(command);
+      const { databases: list } = await ctx.client.get('/databases', DatabaseList);
+      if (ctx.json) return ctx.out(json({ databases: list }));
+      ctx.out(table(['NAME', 'ID', 'ENGINE', 'VERSION', 'PLAN', 'STATUS', 'CREATED'],
+        list.map((db) => [db.name, db.id, db.engine, db.version, db.plan, db.status, db.createdAt])));
+    });
+
+  databases.command('show')
+    .description('one database')
+    .argument('<database>', 'name or id')
+    .action(async (ref: string, _options: unknown, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      ctx.out(ctx.json ? json(db) : databaseFields(db));
+    });
+
+  addWaitOptions(databases.command('delete')
+    .description('delete a database and its data')
+    .argument('<database>', 'name or id'))
+    .action(async (ref: string, options: WaitOptions, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      const deleted = await ctx.client.delete(`/databases/${encodeURIComponent(db.id)}`, DatabaseDeleted);
+      if (ctx.json) ctx.out(json(deleted));
+      else ctx.out(`deleting ${db.name} (${db.id}): ${deleted.operation.kind} operation ${deleted.operation.id}\n`);
+      if (!options.wait) return;
+      await waitForOperation(ctx, deleted.operation, options.timeout);
+      // Only once the server is gone: if the deletion fails, the password is still needed.
+      await updateConfig(ctx.configPath, (config) => {
+        delete config.credentials[ctx.apiUrl]?.[db.id];
+      });
+    });
+
+  databases.command('url')
+    .description('the connection URL, with the password saved when this machine created the database')
+    .argument('<database>', 'name or id')
+    .action(async (ref: string, _options: unknown, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      if (!db.url) throw new CliError(`${db.name} has no endpoint yet (status ${db.status})`);
+      const saved = (await readConfig(ctx.configPath)).credentials[ctx.apiUrl]?.[db.id];
+      if (saved) return ctx.out(`${withPassword(db.url, saved.password)}\n`);
+      ctx.out(`${db.url}\n`);
+      throw new CliError(`no password for ${db.name} in ${ctx.configPath}: it is shown only once, to whoever created the database`);
+    });
+
+  databases.command('events')
+    .description("a database's audit trail, newest first")
+    .argument('<database>', 'name or id')
+    .action(async (ref: string, _options: unknown, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      const { events } = await ctx.client.get(`/databases/${encodeURIComponent(db.id)}/events`, AuditEventList);
+      if (ctx.json) return ctx.out(json({ events }));
+      ctx.out(table(['AT', 'TYPE', 'OPERATION', 'DETAIL'],
+        events.map((e) => [e.at, e.type, e.operationId, Object.keys(e.detail).length ? JSON.stringify(e.detail) : undefined])));
+    });
+}
+
+/** By name or id, as `GET /databases/{id}` accepts either; other routes take the id it returns. */
+export function findDatabase(ctx: Context, ref: string): Promise<DatabaseView> {
+  return ctx.client.get(`/databases/${encodeURIComponent(ref)}`, DatabaseView);
+}
+
+function databaseFields(db: DatabaseView, extra: [string, string][] = []): string {
+  return fields([
+    ['name', db.name],
+    ['id', db.id],
+    ['engine', `${db.engine} ${db.version}`],
+    ['plan', db.plan],
+    ['status', db.statusReason ? `${db.status} (${db.statusReason})` : db.status],
+    ['url', db.url],
+    ['user', db.username],
+    ['database', db.databaseName],
+    ['operation', db.activeOperation],
+    ['created', db.createdAt],
+    ...extra,
+  ]);
+}
+
+/** The API's URLs never carry the password; the URL setter percent-encodes it. */
+function withPassword(url: string, password: string): string {
+  const parsed = new URL(url);
+  parsed.password = password;
+  return parsed.toString();
+}
