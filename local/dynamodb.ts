@@ -1,4 +1,4 @@
-import { readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { CreateTableCommand, DescribeTableCommand, DynamoDBClient, ListTablesCommand, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
@@ -14,6 +14,11 @@ function jarDirectory(): string {
   return join(lib, version);
 }
 
+/** A client of DynamoDB Local: any region and credentials will do, but the SDK wants some. */
+export function localDynamoClient(endpoint: string): DynamoDBClient {
+  return new DynamoDBClient({ endpoint, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
+}
+
 export interface LocalDynamo extends OwnedProcess {
   endpoint: string;
 }
@@ -22,10 +27,11 @@ export interface LocalDynamo extends OwnedProcess {
 export async function startDynamoLocal(dbPath?: string): Promise<LocalDynamo> {
   const port = await freePort();
   const dir = jarDirectory();
+  if (dbPath) mkdirSync(dbPath, { recursive: true });
   const storage = dbPath ? ['-dbPath', dbPath] : ['-inMemory'];
   const owned = spawnOwned('java', [`-Djava.library.path=${join(dir, 'DynamoDBLocal_lib')}`, '-jar', join(dir, 'DynamoDBLocal.jar'), ...storage, '-port', String(port)], { cwd: dir });
   const endpoint = `http://127.0.0.1:${port}`;
-  const client = new DynamoDBClient({ endpoint });
+  const client = localDynamoClient(endpoint);
   try {
     await waitFor('DynamoDB Local', async () => (await client.send(new ListTablesCommand({})), true), 30_000, 200);
   } catch (error) {

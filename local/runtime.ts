@@ -1,14 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { spawnAgent } from '../agent/spawn.ts';
 import { hashToken, issueToken } from '../functions/core/auth.ts';
 import { envNames, workflowNames } from '../functions/core/config.ts';
 import { newId } from '../functions/core/ids.ts';
 import { Store } from '../functions/core/store.ts';
 import { startAwsEndpoint } from './aws-endpoint.ts';
-import { ensureTable, startDynamoLocal } from './dynamodb.ts';
+import { ensureTable, localDynamoClient, startDynamoLocal } from './dynamodb.ts';
 import { createLocalEventBus } from './event-bus.ts';
 import { startHttpApi } from './http-api.ts';
 import { invokeHandler } from './lambda.ts';
@@ -112,7 +111,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       ...Object.fromEntries(workflowNames.map((name) => [envNames.stateMachineArn(name), stepFunctions.stateMachineArn(name)])),
     });
 
-    const client = new DynamoDBClient({ endpoint: dynamo.endpoint, region });
+    const client = localDynamoClient(dynamo.endpoint);
     await ensureTable(client, tableName);
     const adminToken = await ensureAdminToken(new Store(client, tableName), join(dataDir, 'admin.token'));
 

@@ -77,7 +77,8 @@ export function synthesizeTemplate(options: SynthesizeOptions = {}): Synthesized
   }
 }
 
-function cdkJsonContext(): Record<string, unknown> {
+/** The context cdk.json gives the CDK CLI, for in-process synthesis. */
+export function cdkJsonContext(): Record<string, unknown> {
   const cdkJson = JSON.parse(fs.readFileSync(path.join(projectRoot, 'cdk.json'), 'utf8')) as { context?: Record<string, unknown> };
   return cdkJson.context ?? {};
 }
@@ -113,8 +114,9 @@ export function loadStateMachines(template: CfnTemplate): LocalStateMachine[] {
     }
     if (machines.some((machine) => machine.name === name)) throw new Error(`workflow ${String(name)} has two state machines`);
 
-    let text = resolveIntrinsics(resource.Properties?.DefinitionString, template);
-    if (typeof text !== 'string') throw new Error(`state machine ${logicalId} has no DefinitionString`);
+    const resolved = resolveIntrinsics(resource.Properties?.DefinitionString, template);
+    if (typeof resolved !== 'string') throw new Error(`state machine ${logicalId} has no DefinitionString`);
+    let text = resolved;
     const substitutions = resource.Properties?.DefinitionSubstitutions as Record<string, unknown> | undefined;
     for (const [key, value] of Object.entries(substitutions ?? {})) {
       text = text.replaceAll(`\${${key}}`, String(resolveIntrinsics(value, template)));

@@ -1,0 +1,245 @@
+import { createRequire } from 'node:module';
+import {
+  DescribeExecutionCommand,
+  ExecutionAlreadyExists,
+  ExecutionDoesNotExist,
+  SFNClient,
+  StartExecutionCommand,
+  StopExecutionCommand,
+  type DescribeExecutionCommandOutput,
+} from '@aws-sdk/client-sfn';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { workflowNames, type WorkflowName } from '../functions/core/config.ts';
+import { entryMetadataKey } from '../infra/function.ts';
+import { instanceNotHealthyError, maxHealthChecks, stateNames, steps, type StepName } from '../infra/workflows/states.ts';
+import { startAwsEndpoint, type AwsEndpoint } from '../local/aws-endpoint.ts';
+import { createLocalStepFunctions, type LocalStepFunctions } from '../local/stepfunctions.ts';
+import { loadStateMachines, synthesizeTemplate, taskStates, type CfnTemplate, type LocalStateMachine } from '../local/template.ts';
+
+const aslValidator = createRequire(import.meta.url)('asl-validator') as (definition: unknown) => {
+  isValid: boolean;
+  errorsText: (separator?: string) => string;
+};
+
+let template: CfnTemplate;
+let machines: LocalStateMachine[];
+
+beforeAll(() => {
+  ({ template } = synthesizeTemplate());
+  machines = loadStateMachines(template);
+});
+
+const machine = (name: WorkflowName) => machines.find((m) => m.name === name)!;
+const stepOf = Object.fromEntries(Object.entries(steps).map(([step, entry]) => [entry, step as StepName]));
+
+describe('state machines from the synthesized template', () => {
+  it('loads one state machine per workflow', () => {
+    expect(machines.map((m) => m.name).sort()).toEqual([...workflowNames].sort());
+  });
+
+  it('renders ASL that asl-validator accepts', () => {
+    for (const { name, definition } of machines) {
+      const result = aslValidator(structuredClone(definition));
+      expect(result.isValid, `${name}: ${result.errorsText('\n')}`).toBe(true);
+    }
+  });
+
+  it('maps every Task to the step module and export CDK bundles', () => {
+    for (const { name, definition, tasks } of machines) {
+      for (const [stateName, resource] of taskStates(definition)) {
+        expect(resource, `${name}.${stateName}`).toMatch(/^arn:aws:lambda:us-east-1:000000000000:function:\w+$/);
+        expect(tasks[resource], `${name}.${stateName}`).toEqual({ entry: steps[stateName as StepName], handler: 'handler' });
+      }
+    }
+  });
+
+  it('shares one Lambda per step between the state machines', () => {
+    const arnOf = (name: WorkflowName, state: StepName) => machine(name).definition.States[state];
+    for (const step of ['BeginOperation', 'RemoveInstance', 'CompleteOperation', 'FailOperation'] as const) {
+      expect(arnOf('Provision', step)).toMatchObject({ Resource: (arnOf('Deprovision', step) as { Resource: string }).Resource });
+    }
+  });
+
+  it('throws naming the state when a Task invokes a Lambda without handler metadata', () => {
+    const broken = structuredClone(template);
+    const [logicalId] = Object.entries(broken.Resources).find(([, r]) => r.Metadata?.[entryMetadataKey] === steps.EnsureInstance)!;
+    delete broken.Resources[logicalId].Metadata![entryMetadataKey];
+    expect(() => loadStateMachines(broken)).toThrow(/task state EnsureInstance invokes Lambda \w+, which has no dbplane:entry/);
+  });
+});
+
+describe('running locally through the Step Functions endpoint', () => {
+  type Script = Partial<Record<StepName, (payload: any, call: number) => unknown>>;
+  let endpoint: AwsEndpoint;
+  let local: LocalStepFunctions;
+  let sfn: SFNClient;
+  let script: Script = {};
+  let calls: Array<{ step: StepName; payload: any }> = [];
+
+  beforeAll(async () => {
+    local = createLocalStepFunctions({
+      stateMachines: machines,
+      // Recording handlers: each step answers from the test's script, or echoes nothing.
+      invoke: async (entry, handler, payload) => {
+        expect(handler).toBe('handler');
+        const step = stepOf[entry];
+        calls.push({ step, payload: structuredClone(payload) });
+        const count = calls.filter((c) => c.step === step).length;
+        return script[step] ? script[step](payload, count) : {};
+      },
+      overrides: { waitTimeOverrides: { [stateNames.waitForInstance]: 0 }, retryIntervalOverrides: 0 },
+    });
+    endpoint = await startAwsEndpoint({ targets: local.targets });
+    sfn = new SFNClient({ endpoint: endpoint.url, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
+  });
+
+  afterEach(() => {
+    script = {};
+    calls = [];
+  });
+
+  afterAll(async () => {
+    await local.stopAll();
+    sfn.destroy();
+    await endpoint.close();
+  });
+
+  async function start(workflow: WorkflowName, operationId: string): Promise<string> {
+    const { executionArn } = await sfn.send(new StartExecutionCommand({
+      stateMachineArn: local.stateMachineArn(workflow),
+      name: operationId,
+      input: JSON.stringify({ operationId, databaseId: `db-${operationId}` }),
+    }));
+    return executionArn!;
+  }
+
+  async function finished(executionArn: string): Promise<DescribeExecutionCommandOutput> {
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const execution = await sfn.send(new DescribeExecutionCommand({ executionArn }));
+      if (execution.status !== 'RUNNING') return execution;
+      if (Date.now() > deadline) throw new Error(`${executionArn} still running`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+
+  const sequence = () => calls.map((c) => c.step);
+
+  it('provisions: succeeds after one not-ready health check', async () => {
+    script.CheckInstance = (payload, call) => ({ ready: call >= 2, attempts: (payload.health?.attempts ?? 0) + 1 });
+
+    const execution = await finished(await start('Provision', 'op-happy'));
+
+    expect(execution.status).toBe('SUCCEEDED');
+    expect(sequence()).toEqual(['BeginOperation', 'EnsureInstance', 'CheckInstance', 'CheckInstance', 'CompleteOperation']);
+    expect(calls[0].payload).toEqual({ operationId: 'op-happy', databaseId: 'db-op-happy' });
+    expect(calls[3].payload.health).toEqual({ ready: false, attempts: 1 });
+    expect(JSON.parse(execution.output!)).toEqual({ operationId: 'op-happy', databaseId: 'db-op-happy', health: { ready: true, attempts: 2 } });
+  });
+
+  it('provisions: a failing EnsureInstance ends in RemoveInstance, FailOperation and FAILED', async () => {
+    script.EnsureInstance = () => {
+      throw Object.assign(new Error('no host can run version 99'), { name: 'AgentRefused' });
+    };
+
+    const execution = await finished(await start('Provision', 'op-ensure-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence()).toEqual(['BeginOperation', 'EnsureInstance', 'RemoveInstance', 'FailOperation']);
+    const failed = calls.at(-1)!.payload;
+    expect(failed.error.Error).toBe('AgentRefused');
+    expect(JSON.parse(failed.error.Cause)).toEqual({ errorType: 'AgentRefused', errorMessage: 'no host can run version 99' });
+    expect(execution.error).toBe('AgentRefused');
+  });
+
+  it('provisions: retries a step while the agent is unavailable', async () => {
+    script.EnsureInstance = (_payload, call) => {
+      if (call < 3) throw Object.assign(new Error('connection refused'), { name: 'AgentUnavailable' });
+      return {};
+    };
+    script.CheckInstance = () => ({ ready: true, attempts: 1 });
+
+    const execution = await finished(await start('Provision', 'op-retried'));
+
+    expect(execution.status).toBe('SUCCEEDED');
+    expect(sequence().filter((step) => step === 'EnsureInstance')).toHaveLength(3);
+  });
+
+  it(`provisions: ${maxHealthChecks} failed health checks send it to cleanup`, async () => {
+    script.CheckInstance = (payload) => ({ ready: false, attempts: (payload.health?.attempts ?? 0) + 1 });
+
+    const execution = await finished(await start('Provision', 'op-never-healthy'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence().filter((step) => step === 'CheckInstance')).toHaveLength(maxHealthChecks);
+    expect(sequence().slice(-2)).toEqual(['RemoveInstance', 'FailOperation']);
+    expect(calls.at(-1)!.payload.error).toEqual(instanceNotHealthyError);
+    expect({ error: execution.error, cause: execution.cause }).toEqual({ error: instanceNotHealthyError.Error, cause: instanceNotHealthyError.Cause });
+  });
+
+  it('provisions: a failing cleanup still reaches FailOperation with the original error', async () => {
+    script.EnsureInstance = () => {
+      throw Object.assign(new Error('disk full'), { name: 'AgentRefused' });
+    };
+    script.RemoveInstance = () => {
+      throw Object.assign(new Error('instance busy'), { name: 'AgentRefused' });
+    };
+
+    const execution = await finished(await start('Provision', 'op-cleanup-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence()).toEqual(['BeginOperation', 'EnsureInstance', 'RemoveInstance', 'FailOperation']);
+    expect(JSON.parse(calls.at(-1)!.payload.error.Cause).errorMessage).toBe('disk full');
+  });
+
+  it('deprovisions: BeginOperation, RemoveInstance, CompleteOperation', async () => {
+    const execution = await finished(await start('Deprovision', 'op-delete'));
+
+    expect(execution.status).toBe('SUCCEEDED');
+    expect(sequence()).toEqual(['BeginOperation', 'RemoveInstance', 'CompleteOperation']);
+  });
+
+  it('deprovisions: a failing RemoveInstance ends in FailOperation and FAILED', async () => {
+    script.RemoveInstance = () => {
+      throw Object.assign(new Error('agent said no'), { name: 'AgentRefused' });
+    };
+
+    const execution = await finished(await start('Deprovision', 'op-delete-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence()).toEqual(['BeginOperation', 'RemoveInstance', 'FailOperation']);
+  });
+
+  it('answers a repeated start like AWS: same input while running is idempotent, other input is ExecutionAlreadyExists', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    script.BeginOperation = () => held.then(() => ({}));
+    const input = JSON.stringify({ operationId: 'op-dup', databaseId: 'db-dup' });
+    const stateMachineArn = local.stateMachineArn('Deprovision');
+
+    const first = await sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'op-dup', input }));
+    const again = await sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'op-dup', input }));
+    const other = sfn.send(new StartExecutionCommand({ stateMachineArn, name: 'op-dup', input: '{"operationId":"op-dup","databaseId":"other"}' }));
+
+    expect(again.executionArn).toBe(first.executionArn);
+    await expect(other).rejects.toBeInstanceOf(ExecutionAlreadyExists);
+    release();
+    expect((await finished(first.executionArn!)).status).toBe('SUCCEEDED');
+  });
+
+  it('stops a running execution as ABORTED', async () => {
+    script.CheckInstance = () => ({ ready: false, attempts: 0 }); // never healthy, never bounded: runs until stopped
+    const executionArn = await start('Provision', 'op-stopped');
+    const deadline = Date.now() + 5_000;
+    while (!calls.some((c) => c.step === 'CheckInstance') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+
+    await sfn.send(new StopExecutionCommand({ executionArn, error: 'Cancelled', cause: 'test' }));
+
+    expect(await finished(executionArn)).toMatchObject({ status: 'ABORTED', error: 'Cancelled', stopDate: expect.any(Date) });
+  });
+
+  it('answers ExecutionDoesNotExist for an unknown execution', async () => {
+    const unknown = sfn.send(new DescribeExecutionCommand({ executionArn: 'arn:aws:states:us-east-1:000000000000:execution:Provision:nope' }));
+    await expect(unknown).rejects.toBeInstanceOf(ExecutionDoesNotExist);
+  });
+});
