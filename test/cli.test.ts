@@ -127,7 +127,7 @@ describe('dbplane CLI against the local runtime', () => {
 
       expect(run.stdout).toMatch(/^password: +\S+ +\(shown once/m);
       expect(run.stdout).toMatch(/^ {2}-> \S+/m);
-      expect(run.stdout).toMatch(/^ {2}ok \S+ \d+(\.\d+)?(ms|s)$/m);
+      expect(run.stdout).toMatch(/^ {2}ok \S.* \d+(\.\d+)?(ms|s)$/m);
       expect(run.stdout).toMatch(/^operation op-\S+ succeeded in /m);
       expect(run.stdout).toMatch(/^url: postgresql:\/\/[^:]+:[^@]+@/m);
       databaseId = /^id: +(db-\S+)$/m.exec(run.stdout)?.[1] ?? '';
