@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -6,6 +6,7 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
 import { startRuntime } from '../local/runtime.ts';
 import { synthesizeTemplate } from '../local/template.ts';
+import { entryMetadataKey, handlerMetadataKey } from '../infra/function.ts';
 import { apiClient, newTenant } from '../test/helpers/api.ts';
 
 /**
@@ -74,14 +75,17 @@ try {
 }
 
 console.log('\n## Lambda bundles (esbuild, minified, as CDK synthesizes them)');
-const { assetsDir } = await synthesizeTemplate({ bundle: true });
-const bundles = readdirSync(assetsDir!).filter((d) => d.startsWith('asset.') && statSync(join(assetsDir!, d)).isDirectory());
-const rows = bundles.map((dir) => {
-  const file = readdirSync(join(assetsDir!, dir)).find((f) => /^index\.(m?js)$/.test(f));
-  if (!file) return undefined;
-  const code = readFileSync(join(assetsDir!, dir, file));
-  const entry = /\/\/ (functions\/[^\n]+\.ts)/.exec(code.toString('utf8'))?.[1] ?? dir;
-  return { entry, bytes: code.length, gzip: gzipSync(code).length };
-}).filter((r) => r !== undefined).sort((a, b) => b.bytes - a.bytes);
+const { template, assetsDir } = await synthesizeTemplate({ bundle: true });
+// Each Lambda's code is the asset named by its S3 key (`<hash>.zip` → `asset.<hash>/`); its entry is in its metadata.
+const rows = Object.values(template.Resources)
+  .filter((resource) => resource.Type === 'AWS::Lambda::Function' && resource.Metadata?.[entryMetadataKey])
+  .map((resource) => {
+    const hash = String((resource.Properties?.Code as { S3Key?: string } | undefined)?.S3Key ?? '').replace(/\.zip$/, '');
+    const dir = join(assetsDir!, `asset.${hash}`);
+    const file = readdirSync(dir).find((f) => /^index\.(m?js)$/.test(f))!;
+    const code = readFileSync(join(dir, file));
+    return { entry: `${resource.Metadata![entryMetadataKey]}#${resource.Metadata![handlerMetadataKey]}`, bytes: code.length, gzip: gzipSync(code).length };
+  })
+  .sort((a, b) => b.bytes - a.bytes);
 console.log('| bundle | minified | gzip |\n|---|---|---|');
 for (const row of rows) console.log(`| ${row.entry} | ${(row.bytes / 1024).toFixed(0)} KB | ${(row.gzip / 1024).toFixed(0)} KB |`);

@@ -3,6 +3,7 @@ import { ArnFormat, type CfnElement, Duration, RemovalPolicy, Stack, Validations
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type * as events from 'aws-cdk-lib/aws-events';
+import type * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
@@ -10,6 +11,7 @@ import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { Construct, IConstruct } from 'constructs';
 import { envNames, workflowNames, type WorkflowName } from '../functions/core/config.ts';
+import { keyEnvNames } from '../functions/core/keys.ts';
 import { projectRoot } from './project.ts';
 
 /** CloudFormation metadata keys on every Lambda function: the local runtime maps a Task to this module/export. */
@@ -22,6 +24,8 @@ export interface SharedResources {
   readonly bus: events.IEventBus;
   readonly agentUrl: string;
   readonly agentSecret: secretsmanager.ISecret;
+  /** Wraps the databases' data keys. */
+  readonly masterKey: kms.IKey;
 }
 
 export interface DbplaneFunctionProps {
@@ -44,6 +48,11 @@ export interface DbplaneFunctionProps {
    * @default false
    */
   readonly agentAccess?: boolean;
+  /**
+   * Whether the function wraps data keys with the master key (`MASTER_KEY_ID`, kms:Encrypt).
+   * @default false
+   */
+  readonly keyAccess?: boolean;
   /**
    * State machines the function may start and describe executions of; their ARNs are passed as
    * `STATE_MACHINE_ARN_<NAME>`.
@@ -118,6 +127,7 @@ export class DbplaneFunction extends NodejsFunction {
         [envNames.agentUrl]: props.shared.agentUrl,
         [envNames.agentSecretArn]: props.shared.agentSecret.secretArn,
         ...stateMachineEnvironment(props.stateMachines),
+        ...(props.keyAccess ? { [keyEnvNames.masterKeyId]: props.shared.masterKey.keyArn } : {}),
       },
     });
     this.entryPath = props.entry;
@@ -130,6 +140,7 @@ export class DbplaneFunction extends NodejsFunction {
     props.shared.table.grantReadWriteData(this);
     props.shared.bus.grantPutEventsTo(this);
     if (props.agentAccess) props.shared.agentSecret.grantRead(this);
+    if (props.keyAccess) props.shared.masterKey.grantEncrypt(this);
     for (const stateMachine of Object.values(props.stateMachines ?? {})) {
       stateMachine.grantStartExecution(this);
       const executions = Stack.of(this).formatArn({

@@ -38,6 +38,7 @@ export class DbplaneStack extends Stack {
       bus: this.storage.bus,
       agentUrl: this.agent.url,
       agentSecret: this.agent.secret,
+      masterKey: this.storage.key,
     };
     this.workflows = new Workflows(this, 'Workflows', { shared });
     const { stateMachines } = this.workflows;

@@ -1,4 +1,5 @@
-import { RemovalPolicy } from 'aws-cdk-lib';
+import { Duration, RemovalPolicy, Validations } from 'aws-cdk-lib';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as kms from 'aws-cdk-lib/aws-kms';
@@ -19,6 +20,11 @@ export class Storage extends Construct {
   readonly key: kms.Key;
   readonly table: dynamodb.Table;
   readonly bus: events.EventBus;
+  /**
+   * Where the agents put base backups and WAL (already encrypted with each database's key). S3 Standard
+   * stores every object redundantly in at least three Availability Zones: these are the three copies.
+   */
+  readonly backupBucket: s3.Bucket;
 
   constructor(scope: Construct, id: string, props: StorageProps = {}) {
     super(scope, id);
@@ -49,6 +55,30 @@ export class Storage extends Construct {
         projectionType: dynamodb.ProjectionType.ALL,
       });
     }
+
+    const accessLogs = new s3.Bucket(this, 'BackupAccessLogs', {
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      enforceSSL: true,
+      lifecycleRules: [{ expiration: Duration.days(365) }],
+      removalPolicy,
+    });
+    Validations.of(accessLogs).acknowledge({ id: 'AwsSolutions-S1', reason: 'this is the access log bucket of the backup bucket; logging it would recurse' });
+    this.backupBucket = new s3.Bucket(this, 'Backups', {
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      encryption: s3.BucketEncryption.KMS,
+      encryptionKey: this.key,
+      bucketKeyEnabled: true,
+      enforceSSL: true,
+      versioned: true,
+      serverAccessLogsBucket: accessLogs,
+      lifecycleRules: [
+        // Retention deletes objects (the pruner); versioning keeps a deleted or overwritten object 7 more days.
+        { noncurrentVersionExpiration: Duration.days(7) },
+        { abortIncompleteMultipartUploadAfter: Duration.days(1) },
+      ],
+      removalPolicy,
+    });
 
     this.bus = new events.EventBus(this, 'Bus', { description: 'dbplane events: operations finished, status changes' });
   }

@@ -1,7 +1,9 @@
 import { mkdirSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { CreateTableCommand, DescribeTableCommand, DynamoDBClient, ListTablesCommand, UpdateTimeToLiveCommand } from '@aws-sdk/client-dynamodb';
+import {
+  CreateTableCommand, DescribeTableCommand, DynamoDBClient, ListTablesCommand, UpdateTableCommand, UpdateTimeToLiveCommand,
+} from '@aws-sdk/client-dynamodb';
 import { tableDesign } from '../functions/core/table.ts';
 import { freePort, type OwnedProcess, spawnOwned, waitFor } from './processes.ts';
 
@@ -43,22 +45,40 @@ export async function startDynamoLocal(dbPath?: string): Promise<LocalDynamo> {
   return { ...owned, endpoint };
 }
 
-/** Creates the table as CDK declares it (same keys, indexes and TTL), unless it exists. */
+const indexSpec = (index: (typeof tableDesign.indexes)[number]) => ({
+  IndexName: index.name,
+  KeySchema: [{ AttributeName: index.partitionKey, KeyType: 'HASH' as const }, { AttributeName: index.sortKey, KeyType: 'RANGE' as const }],
+  Projection: { ProjectionType: 'ALL' as const },
+});
+const attributes = (names: string[]) => names.map((name) => ({ AttributeName: name, AttributeType: 'S' as const }));
+
+/**
+ * Creates the table as CDK declares it (same keys, indexes and TTL), unless it exists; a table from an
+ * older version of the design gets the indexes it lacks, as a CloudFormation update would add them.
+ */
 export async function ensureTable(client: DynamoDBClient, tableName: string): Promise<void> {
   const { TableNames = [] } = await client.send(new ListTablesCommand({}));
-  if (TableNames.includes(tableName)) return;
+  const active = async () => (await client.send(new DescribeTableCommand({ TableName: tableName }))).Table;
+  if (TableNames.includes(tableName)) {
+    const existing = new Set(((await active())?.GlobalSecondaryIndexes ?? []).map((i) => i.IndexName));
+    for (const index of tableDesign.indexes.filter((i) => !existing.has(i.name))) {
+      await client.send(new UpdateTableCommand({
+        TableName: tableName,
+        AttributeDefinitions: attributes([index.partitionKey, index.sortKey]),
+        GlobalSecondaryIndexUpdates: [{ Create: indexSpec(index) }],
+      }));
+      await waitFor(`index ${index.name}`, async () => (await active())?.GlobalSecondaryIndexes?.find((i) => i.IndexName === index.name)?.IndexStatus === 'ACTIVE');
+    }
+    return;
+  }
   const keys = new Set<string>([tableDesign.partitionKey, tableDesign.sortKey, ...tableDesign.indexes.flatMap((i) => [i.partitionKey, i.sortKey])]);
   await client.send(new CreateTableCommand({
     TableName: tableName,
     BillingMode: 'PAY_PER_REQUEST',
-    AttributeDefinitions: [...keys].map((name) => ({ AttributeName: name, AttributeType: 'S' })),
+    AttributeDefinitions: attributes([...keys]),
     KeySchema: [{ AttributeName: tableDesign.partitionKey, KeyType: 'HASH' }, { AttributeName: tableDesign.sortKey, KeyType: 'RANGE' }],
-    GlobalSecondaryIndexes: tableDesign.indexes.map((index) => ({
-      IndexName: index.name,
-      KeySchema: [{ AttributeName: index.partitionKey, KeyType: 'HASH' }, { AttributeName: index.sortKey, KeyType: 'RANGE' }],
-      Projection: { ProjectionType: 'ALL' },
-    })),
+    GlobalSecondaryIndexes: tableDesign.indexes.map(indexSpec),
   }));
-  await waitFor('the table', async () => (await client.send(new DescribeTableCommand({ TableName: tableName }))).Table?.TableStatus === 'ACTIVE');
+  await waitFor('the table', async () => (await active())?.TableStatus === 'ACTIVE');
   await client.send(new UpdateTimeToLiveCommand({ TableName: tableName, TimeToLiveSpecification: { AttributeName: tableDesign.timeToLiveAttribute, Enabled: true } }));
 }

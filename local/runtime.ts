@@ -5,6 +5,7 @@ import { spawnAgent } from '../agent/spawn.ts';
 import { hashToken, issueToken } from '../functions/core/auth.ts';
 import { envNames, workflowNames } from '../functions/core/config.ts';
 import { newId } from '../functions/core/ids.ts';
+import { keyEnvNames, LocalKeyWrapper } from '../functions/core/keys.ts';
 import { Store } from '../functions/core/store.ts';
 import { startAwsEndpoint } from './aws-endpoint.ts';
 import { ensureTable, localDynamoClient, startDynamoLocal } from './dynamodb.ts';
@@ -43,8 +44,8 @@ export interface Runtime {
   tableName: string;
   /** Waits until every event put so far has been handled. */
   drainEvents(): Promise<void>;
-  /** Runs a schedule now, e.g. the operation reaper. */
-  fireSchedule(id: string): Promise<unknown>;
+  /** Runs a schedule now (as if fired at `time`, default now), e.g. the operation reaper. */
+  fireSchedule(id: string, time?: Date): Promise<unknown>;
   stop(): Promise<void>;
 }
 
@@ -76,6 +77,10 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     log(`DynamoDB Local on ${dynamo.endpoint}`);
 
     const agentSecret = persistentSecret(join(dataDir, 'agent.secret'), () => randomBytes(32).toString('base64url'));
+    // The local stand-in for KMS: the control plane wraps data keys with it, the agent unwraps them (0600, created once).
+    const masterKeyFile = join(dataDir, 'master.key');
+    LocalKeyWrapper.fromFile(masterKeyFile);
+    process.env[keyEnvNames.masterKeyFile] = masterKeyFile;
     const agent = await spawnAgent({ dataDir: join(dataDir, 'agent'), secret: agentSecret, faults: options.agentFaults });
     cleanups.push(() => agent.stop());
     rememberProcesses(dataDir, [dynamo.child.pid!, agent.pid]);
@@ -132,7 +137,7 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       dynamoEndpoint: dynamo.endpoint,
       tableName,
       drainEvents: () => bus.drain(),
-      fireSchedule: (id) => scheduler.fire(id),
+      fireSchedule: (id, time) => scheduler.fire(id, time),
       stop,
     };
   } catch (error) {

@@ -12,10 +12,10 @@ export function rateMs(expression: string): number {
 
 export function startSchedules(options: { onError: (schedule: Schedule, error: unknown) => void; speedup?: number }) {
   const running = new Map<string, Promise<unknown>>();
-  const fire = (schedule: Schedule): Promise<unknown> => {
+  const fire = (schedule: Schedule, time = new Date()): Promise<unknown> => {
     const current = running.get(schedule.id);
     if (current) return current;
-    const run = invokeHandler(schedule.entry, schedule.handler, { source: 'aws.events', 'detail-type': 'Scheduled Event', time: new Date().toISOString() })
+    const run = invokeHandler(schedule.entry, schedule.handler, { source: 'aws.events', 'detail-type': 'Scheduled Event', time: time.toISOString() })
       .catch((error) => options.onError(schedule, error))
       .finally(() => running.delete(schedule.id));
     running.set(schedule.id, run);
@@ -23,8 +23,8 @@ export function startSchedules(options: { onError: (schedule: Schedule, error: u
   };
   const timers = schedules.map((schedule) => setInterval(() => void fire(schedule), rateMs(schedule.expression) / (options.speedup ?? 1)));
   return {
-    /** Fires a schedule now (and waits for it), e.g. at start-up. */
-    fire: (id: string) => fire(schedules.find((s) => s.id === id)!),
+    /** Fires a schedule now (and waits for it), e.g. at start-up; `time` is the instant its event says it fired. */
+    fire: (id: string, time?: Date) => fire(schedules.find((s) => s.id === id)!, time),
     async stop(): Promise<void> {
       timers.forEach(clearInterval);
       await Promise.all(running.values());

@@ -71,7 +71,7 @@ describe('a database, created and deleted', () => {
 
   it('records the provisioning steps with timings', () => {
     expect(shop.operation.kind).toBe('provision');
-    expect(shop.operation.steps.map((s: { name: string }) => s.name)).toEqual(['create server', 'wait until healthy']);
+    expect(shop.operation.steps.map((s: { name: string }) => s.name)).toEqual(['create data key', 'create server', 'wait until healthy']);
     for (const step of shop.operation.steps) {
       expect(step.status).toBe('succeeded');
       expect(Date.parse(step.finishedAt)).toBeGreaterThanOrEqual(Date.parse(step.startedAt));

@@ -95,6 +95,25 @@ describe('storage', () => {
     template.hasResourceProperties('AWS::KMS::Key', { EnableKeyRotation: true });
   });
 
+  it('keeps backups in a versioned, private, TLS-only bucket encrypted with the master key', () => {
+    template.hasResourceProperties('AWS::S3::Bucket', {
+      VersioningConfiguration: { Status: 'Enabled' },
+      PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true },
+      BucketEncryption: { ServerSideEncryptionConfiguration: [Match.objectLike({ ServerSideEncryptionByDefault: Match.objectLike({ SSEAlgorithm: 'aws:kms' }) })] },
+      LifecycleConfiguration: { Rules: Match.arrayWith([Match.objectLike({ NoncurrentVersionExpiration: { NoncurrentDays: 7 } })]) },
+    });
+    template.hasResourceProperties('AWS::S3::BucketPolicy', {
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]) },
+    });
+  });
+
+  it('gives only the CreateDataKey step the master key, to wrap new data keys', () => {
+    const withKey = Object.values(template.findResources('AWS::Lambda::Function', {
+      Properties: { Environment: { Variables: { MASTER_KEY_ID: Match.anyValue() } } },
+    }));
+    expect(withKey.map((r) => r.Metadata?.['dbplane:entry'])).toEqual(['functions/steps/create-data-key.ts']);
+  });
+
   it('creates the dbplane event bus', () => {
     template.resourceCountIs('AWS::Events::EventBus', 1);
   });

@@ -11,7 +11,9 @@ import {
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { workflowNames, type WorkflowName } from '../functions/core/config.ts';
 import { entryMetadataKey } from '../infra/function.ts';
-import { instanceNotHealthyError, maxHealthChecks, stateNames, steps, type StepName } from '../infra/workflows/states.ts';
+import { polls, stateNames, steps, type StepName } from '../infra/workflows/states.ts';
+
+const { maxChecks: maxHealthChecks, timeoutError: instanceNotHealthyError } = polls.instance;
 import { startAwsEndpoint, type AwsEndpoint } from '../local/aws-endpoint.ts';
 import { createLocalStepFunctions, type LocalStepFunctions } from '../local/stepfunctions.ts';
 import { loadStateMachines, synthesizeTemplate, taskStates, type CfnTemplate, type LocalStateMachine } from '../local/template.ts';
@@ -87,7 +89,7 @@ describe('running locally through the Step Functions endpoint', () => {
         const count = calls.filter((c) => c.step === step).length;
         return script[step] ? script[step](payload, count) : {};
       },
-      overrides: { waitTimeOverrides: { [stateNames.waitForInstance]: 0 }, retryIntervalOverrides: 0 },
+      overrides: { waitTimeOverrides: { [stateNames.waitForInstance]: 0, [stateNames.waitForBackup]: 0, [stateNames.waitForRestore]: 0 }, retryIntervalOverrides: 0 },
     });
     endpoint = await startAwsEndpoint({ targets: local.targets });
     sfn = new SFNClient({ endpoint: endpoint.url, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
@@ -131,9 +133,9 @@ describe('running locally through the Step Functions endpoint', () => {
     const execution = await finished(await start('Provision', 'op-happy'));
 
     expect(execution.status).toBe('SUCCEEDED');
-    expect(sequence()).toEqual(['BeginOperation', 'EnsureInstance', 'CheckInstance', 'CheckInstance', 'CompleteOperation']);
+    expect(sequence()).toEqual(['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'CheckInstance', 'CheckInstance', 'CompleteOperation']);
     expect(calls[0].payload).toEqual({ operationId: 'op-happy', databaseId: 'db-op-happy' });
-    expect(calls[3].payload.health).toEqual({ ready: false, attempts: 1 });
+    expect(calls[4].payload.health).toEqual({ ready: false, attempts: 1 });
     expect(JSON.parse(execution.output!)).toEqual({ operationId: 'op-happy', databaseId: 'db-op-happy', health: { ready: true, attempts: 2 } });
   });
 
@@ -145,7 +147,7 @@ describe('running locally through the Step Functions endpoint', () => {
     const execution = await finished(await start('Provision', 'op-ensure-fails'));
 
     expect(execution.status).toBe('FAILED');
-    expect(sequence()).toEqual(['BeginOperation', 'EnsureInstance', 'RemoveInstance', 'FailOperation']);
+    expect(sequence()).toEqual(['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'RemoveInstance', 'FailOperation']);
     const failed = calls.at(-1)!.payload;
     expect(failed.error.Error).toBe('AgentRefused');
     expect(JSON.parse(failed.error.Cause)).toEqual({ errorType: 'AgentRefused', errorMessage: 'no host can run version 99' });
@@ -188,15 +190,59 @@ describe('running locally through the Step Functions endpoint', () => {
     const execution = await finished(await start('Provision', 'op-cleanup-fails'));
 
     expect(execution.status).toBe('FAILED');
-    expect(sequence()).toEqual(['BeginOperation', 'EnsureInstance', 'RemoveInstance', 'FailOperation']);
+    expect(sequence()).toEqual(['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'RemoveInstance', 'FailOperation']);
     expect(JSON.parse(calls.at(-1)!.payload.error.Cause).errorMessage).toBe('disk full');
   });
 
-  it('deprovisions: BeginOperation, RemoveInstance, CompleteOperation', async () => {
+  it('deprovisions: BeginOperation, RemoveInstance, PurgeBackups, CompleteOperation', async () => {
     const execution = await finished(await start('Deprovision', 'op-delete'));
 
     expect(execution.status).toBe('SUCCEEDED');
-    expect(sequence()).toEqual(['BeginOperation', 'RemoveInstance', 'CompleteOperation']);
+    expect(sequence()).toEqual(['BeginOperation', 'RemoveInstance', 'PurgeBackups', 'CompleteOperation']);
+  });
+
+  it('backs up: polls the backup until it is stored, then completes', async () => {
+    script.CheckBackup = (payload, call) => ({ ready: call >= 2, attempts: (payload.backupProgress?.attempts ?? 0) + 1 });
+
+    const execution = await finished(await start('Backup', 'op-backup'));
+
+    expect(execution.status).toBe('SUCCEEDED');
+    expect(sequence()).toEqual(['BeginOperation', 'StartBackup', 'CheckBackup', 'CheckBackup', 'CompleteOperation']);
+  });
+
+  it('backs up: a failed backup ends in FailOperation with its error', async () => {
+    script.CheckBackup = () => {
+      throw Object.assign(new Error('backup bk-1 failed: disk full'), { name: 'BackupFailed' });
+    };
+
+    const execution = await finished(await start('Backup', 'op-backup-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence()).toEqual(['BeginOperation', 'StartBackup', 'CheckBackup', 'FailOperation']);
+    expect(execution.error).toBe('BackupFailed');
+  });
+
+  it('restores: undo backup first, then the restore, polled until verified', async () => {
+    script.CheckBackup = (payload) => ({ ready: true, attempts: (payload.backupProgress?.attempts ?? 0) + 1 });
+    script.CheckRestore = (payload, call) => ({ ready: call >= 2, attempts: (payload.restoreProgress?.attempts ?? 0) + 1 });
+
+    const execution = await finished(await start('Restore', 'op-restore'));
+
+    expect(execution.status).toBe('SUCCEEDED');
+    expect(sequence()).toEqual(['BeginOperation', 'CreateDataKey', 'StartBackup', 'CheckBackup', 'StartRestore', 'CheckRestore', 'CheckRestore', 'CompleteOperation']);
+  });
+
+  it('restores: a failed restore runs AbandonRestore, then FailOperation with the restore error', async () => {
+    script.CheckBackup = () => ({ ready: true, attempts: 1 });
+    script.CheckRestore = () => {
+      throw Object.assign(new Error('backup bk-1: no good copy'), { name: 'RestoreFailed' });
+    };
+
+    const execution = await finished(await start('Restore', 'op-restore-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence().slice(-3)).toEqual(['CheckRestore', 'AbandonRestore', 'FailOperation']);
+    expect(calls.at(-1)!.payload.error.Error).toBe('RestoreFailed');
   });
 
   it('deprovisions: a failing RemoveInstance ends in FailOperation and FAILED', async () => {

@@ -2,7 +2,7 @@ import { createDatabase, deleteDatabase, findDatabase } from '#core/databases.ts
 import { apiHandler, json } from '#core/http.ts';
 import { databaseView } from '#core/model.ts';
 import { apiDeps } from './deps.ts';
-import { CreateDatabaseBody, IdParams } from './schemas.ts';
+import { CreateDatabaseBody, DeleteDatabaseQuery, IdParams } from './schemas.ts';
 
 export const create = apiHandler({ access: 'account', body: CreateDatabaseBody, idempotent: true }, async ({ caller, body }) => {
   const { database, operation, password } = await createDatabase(apiDeps(), caller, body);
@@ -18,7 +18,7 @@ export const get = apiHandler({ access: 'account', params: IdParams }, async ({ 
   return json(200, databaseView(await findDatabase(store, caller, params.id)));
 });
 
-export const remove = apiHandler({ access: 'account', params: IdParams, idempotent: true }, async ({ caller, params }) => {
-  const { database, operation } = await deleteDatabase(apiDeps(), caller, params.id);
+export const remove = apiHandler({ access: 'account', params: IdParams, query: DeleteDatabaseQuery, idempotent: true }, async ({ caller, params, query }) => {
+  const { database, operation } = await deleteDatabase(apiDeps(), caller, params.id, { purge: query.purge === 'true' });
   return json(202, { database: databaseView(database), operation });
 });

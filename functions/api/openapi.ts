@@ -19,6 +19,9 @@ export function openApiDocument() {
       security: route.access === 'public' ? [] : [{ bearer: [] }],
       parameters: [
         ...params.map((name) => ({ name, in: 'path', required: true, schema: { type: 'string' } })),
+        ...Object.entries(route.query ? (route.query as z.ZodObject).shape : {}).map(([name, type]) => ({
+          name, in: 'query', required: false, schema: schema(type as z.ZodType, 'input'),
+        })),
         ...(route.method === 'POST' || route.method === 'DELETE'
           ? [{ name: 'Idempotency-Key', in: 'header', required: false, schema: { type: 'string', maxLength: 255 } }]
           : []),

@@ -19,6 +19,7 @@ export interface Route {
   readonly access: Access;
   readonly summary: string;
   readonly params?: z.ZodType;
+  readonly query?: z.ZodType;
   readonly body?: z.ZodType;
   readonly response: { readonly status: number; readonly schema: z.ZodType };
 }
@@ -30,7 +31,14 @@ export const routes: readonly Route[] = [
   { method: 'POST', path: '/databases', entry: 'functions/api/databases.ts', handler: 'create', access: 'account', summary: 'Create a database (starts a provision operation)', body: s.CreateDatabaseBody, response: { status: 202, schema: s.DatabaseCreated } },
   { method: 'GET', path: '/databases', entry: 'functions/api/databases.ts', handler: 'list', access: 'account', summary: "The caller's databases", response: { status: 200, schema: s.DatabaseList } },
   { method: 'GET', path: '/databases/{id}', entry: 'functions/api/databases.ts', handler: 'get', access: 'account', summary: 'One database, by id or name', params: s.IdParams, response: { status: 200, schema: s.DatabaseView } },
-  { method: 'DELETE', path: '/databases/{id}', entry: 'functions/api/databases.ts', handler: 'remove', access: 'account', summary: 'Delete a database (starts a deprovision operation)', params: s.IdParams, response: { status: 202, schema: s.DatabaseDeleted } },
+  { method: 'DELETE', path: '/databases/{id}', entry: 'functions/api/databases.ts', handler: 'remove', access: 'account', summary: 'Delete a database (starts a deprovision operation; backups are kept for their retention unless purge=true)', params: s.IdParams, query: s.DeleteDatabaseQuery, response: { status: 202, schema: s.DatabaseDeleted } },
+  { method: 'GET', path: '/databases/{id}/backups', entry: 'functions/api/backups.ts', handler: 'list', access: 'account', summary: "A database's backups, newest first, with their expiry", params: s.IdParams, response: { status: 200, schema: s.BackupList } },
+  { method: 'POST', path: '/databases/{id}/backups', entry: 'functions/api/backups.ts', handler: 'create', access: 'account', summary: 'Take a manual backup (starts a backup operation)', params: s.IdParams, response: { status: 202, schema: s.BackupStarted } },
+  { method: 'GET', path: '/databases/{id}/backups/recovery-window', entry: 'functions/api/backups.ts', handler: 'window', access: 'account', summary: 'The earliest and latest instants a point-in-time restore can reach', params: s.IdParams, response: { status: 200, schema: s.RecoveryWindow } },
+  { method: 'GET', path: '/databases/{id}/backups/{backupId}', entry: 'functions/api/backups.ts', handler: 'get', access: 'account', summary: 'One backup', params: s.BackupParams, response: { status: 200, schema: s.BackupView } },
+  { method: 'GET', path: '/databases/{id}/backups/{backupId}/download', entry: 'functions/api/backups.ts', handler: 'download', access: 'account', summary: 'A signed, time-limited URL serving the backup as a tar archive that standard PostgreSQL tools restore', params: s.BackupParams, response: { status: 200, schema: s.DownloadLink } },
+  { method: 'PUT', path: '/databases/{id}/backup-schedule', entry: 'functions/api/backups.ts', handler: 'schedule', access: 'account', summary: "Set the daily backup's UTC hour and retention overrides", params: s.IdParams, body: s.BackupScheduleBody, response: { status: 200, schema: s.DatabaseView } },
+  { method: 'POST', path: '/databases/{id}/restore', entry: 'functions/api/backups.ts', handler: 'restore', access: 'account', summary: 'Restore to a backup or a point in time, in place or into a new database', params: s.IdParams, body: s.RestoreRequest, response: { status: 202, schema: s.RestoreStarted } },
   { method: 'GET', path: '/databases/{id}/operations', entry: 'functions/api/operations.ts', handler: 'listForDatabase', access: 'account', summary: "A database's operations, newest first", params: s.IdParams, response: { status: 200, schema: s.OperationList } },
   { method: 'GET', path: '/operations/{id}', entry: 'functions/api/operations.ts', handler: 'get', access: 'account', summary: 'One operation with its steps', params: s.IdParams, response: { status: 200, schema: s.Operation } },
   { method: 'GET', path: '/databases/{id}/events', entry: 'functions/api/events.ts', handler: 'listForDatabase', access: 'account', summary: "A database's audit trail, newest first", params: s.IdParams, response: { status: 200, schema: s.AuditEventList } },

@@ -1,10 +1,15 @@
 import { z } from 'zod';
 import { EngineName, OfferedVersion, Plan, planIds } from '#core/catalog.ts';
-import { Account, AuditEvent, DatabaseName, DatabaseView, Operation, Scope, TokenRecord } from '#core/model.ts';
+import { Account, AuditEvent, Backup, DatabaseName, DatabaseView, Operation, Scope, TokenRecord } from '#core/model.ts';
+export { BackupScheduleBody, RestoreRequest } from '#core/backups.ts';
 
 /** Request and response schemas of the HTTP API: the handlers parse with them and /openapi.json shows them. */
 
 export const IdParams = z.object({ id: z.string().min(1).max(64) });
+export const BackupParams = IdParams.extend({ backupId: z.string().min(1).max(64) });
+export const DeleteDatabaseQuery = z.object({
+  purge: z.enum(['true', 'false']).default('false').describe('also delete every backup now and destroy the data key (crypto-shredding)'),
+}).strict();
 
 export const CreateDatabaseBody = z.object({
   name: DatabaseName,
@@ -24,6 +29,20 @@ export const DatabaseList = z.object({ databases: z.array(DatabaseView) });
 export const DatabaseDeleted = z.object({ database: DatabaseView, operation: Operation });
 export const OperationList = z.object({ operations: z.array(Operation) });
 export const AuditEventList = z.object({ events: z.array(AuditEvent) });
+
+export const BackupView = Backup.extend({ expiresAt: z.string().optional().describe('when retention removes it; absent: kept') });
+export const BackupList = z.object({ backups: z.array(BackupView) });
+export const BackupStarted = z.object({ backup: Backup, operation: Operation });
+export const RecoveryWindow = z.object({
+  earliest: z.string().optional().describe('absent until the first backup completed'),
+  latest: z.string().optional().describe('the last archived WAL: nothing later can be recovered yet'),
+});
+export const DownloadLink = z.object({ url: z.string(), expiresAt: z.string(), format: z.literal('tar') });
+export const RestoreStarted = z.object({
+  database: DatabaseView,
+  operation: Operation,
+  password: z.string().optional().describe('into a new database: its password, shown once'),
+});
 
 export const EngineList = z.object({
   engines: z.array(z.object({

@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { z } from 'zod';
 import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
 
@@ -12,8 +13,23 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   DELETE /v1/instances/{id}       → 204 (stops the server and removes its data; absent is fine)
  *   PUT    /v1/faults               Fault → 204 (only when the agent runs with fault injection enabled)
  *   DELETE /v1/faults               → 204
+ *
+ * Backups (see backups below). A database's archive (base backups and WAL) is named by the database
+ * id, which is also its instance id, and outlives the instance (retention after deletion):
+ *   PUT    /v1/instances/{id}/backups/{backupId}    StartBackup → BackupJob   (starts in the background; idempotent)
+ *   GET    /v1/archives/{id}/backups/{backupId}     → BackupJob | 404
+ *   DELETE /v1/archives/{id}/backups/{backupId}     → 204 (every copy; absent is fine)
+ *   GET    /v1/archives/{id}                        → ArchiveSummary (WAL archived so far)
+ *   DELETE /v1/archives/{id}                        → 204 (purge: every backup and WAL segment of the database)
+ *   PUT    /v1/instances/{id}/restores/{restoreId}  StartRestore → RestoreJob (starts in the background; idempotent)
+ *   GET    /v1/instances/{id}/restores/{restoreId}  → RestoreJob | 404
+ *   GET    /v1/downloads/{id}/{backupId}?expires=&signature=   → the decrypted archive (no bearer: the signature
+ *          is an HMAC of the path and expiry made with `downloadSignature`; refused once expired)
  * Errors: `application/problem+json` with `type`, `title`, `status`, `detail`.
  */
+
+export const WrappedKey = z.object({ version: z.number().int().min(1), wrapped: z.string().min(1) });
+export type WrappedKey = z.infer<typeof WrappedKey>;
 
 export const HostInfo = z.object({
   hostId: z.string(),
@@ -34,6 +50,11 @@ export const EnsureInstance = z.object({
   }),
   database: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/),
   settings: PostgresSettings,
+  /**
+   * The database's data key, wrapped by the master key. The agent unwraps it in memory only, and
+   * encrypts every backup and WAL segment with it. Without one, WAL is not archived.
+   */
+  dataKey: WrappedKey.optional(),
 });
 export type EnsureInstance = z.infer<typeof EnsureInstance>;
 
@@ -51,9 +72,100 @@ export const Instance = z.object({
 });
 export type Instance = z.infer<typeof Instance>;
 
+// ---- backups
+
+export const BackupId = z.string().regex(/^bk-[a-z0-9]{26}$/);
+export const RestoreId = z.string().regex(/^op-[a-z0-9]{26}$/);
+
+/** One stored copy of an object, in one zone (an S3 bucket in AWS; a folder locally). */
+export const BackupCopy = z.object({
+  zone: z.string(),
+  /** SHA-256 of the stored (encrypted) bytes of this copy, as read back after writing. */
+  sha256: z.string(),
+  ok: z.boolean(),
+});
+
+export const StartBackup = z.object({
+  /** Recorded with the backup; the agent treats every kind alike (a base backup plus the WAL to make it consistent). */
+  kind: z.enum(['scheduled', 'manual', 'pre_restore']),
+});
+export type StartBackup = z.infer<typeof StartBackup>;
+
+export const JobStatus = z.enum(['running', 'completed', 'failed']);
+
+/**
+ * A base backup: the data directory copied between pg_backup_start and pg_backup_stop (tar, with the
+ * backup_label), encrypted with the database's key in AES-256-GCM chunks, written to every zone.
+ */
+export const BackupJob = z.object({
+  id: BackupId,
+  databaseId: z.string(),
+  status: JobStatus,
+  startedAt: z.string(),
+  finishedAt: z.string().optional(),
+  /** When the backup became consistent (pg_backup_stop): the earliest point in time it can restore to. */
+  consistentAt: z.string().optional(),
+  /** Bytes stored per copy (encrypted). */
+  sizeBytes: z.number().int().optional(),
+  /** SHA-256 of the stored bytes; every good copy has this digest. */
+  sha256: z.string().optional(),
+  copies: z.array(BackupCopy),
+  keyVersion: z.number().int().optional(),
+  /** Why it failed. */
+  reason: z.string().optional(),
+});
+export type BackupJob = z.infer<typeof BackupJob>;
+
+/** What the archive of a database holds: bounds the recovery window. */
+export const ArchiveSummary = z.object({
+  databaseId: z.string(),
+  /** When the newest WAL segment was archived: nothing after it can be recovered yet. */
+  lastWalArchivedAt: z.string().optional(),
+  walSegments: z.number().int(),
+});
+export type ArchiveSummary = z.infer<typeof ArchiveSummary>;
+
+export const StartRestore = z.object({
+  /** `in_place`: the instance `{id}` exists and gets the restored data (its port and URL unchanged). `new`: creates instance `{id}` from `spec`. */
+  mode: z.enum(['in_place', 'new']),
+  source: z.object({
+    /** The database whose archive is read. */
+    databaseId: z.string(),
+    backupId: BackupId,
+    dataKey: WrappedKey,
+  }),
+  /** Replay WAL up to this instant (ISO 8601); absent: stop as soon as the backup is consistent. */
+  pointInTime: z.string().datetime({ offset: true }).optional(),
+  /** For `new`: the instance to create (its own role password and data key). For `in_place`: ignored. */
+  spec: EnsureInstance.optional(),
+});
+export type StartRestore = z.infer<typeof StartRestore>;
+
+/**
+ * A restore: the backup is unpacked beside the live data, recovered (WAL replayed up to the target)
+ * and checked on a scratch server; only then, for `in_place`, does it replace the live data, and the
+ * old data comes back if the restored server does not start. A failed restore leaves the instance as it was.
+ */
+export const RestoreJob = z.object({
+  id: RestoreId,
+  instanceId: z.string(),
+  status: JobStatus,
+  startedAt: z.string(),
+  finishedAt: z.string().optional(),
+  /** The instant the restored data reflects, when known. */
+  recoveredTo: z.string().optional(),
+  reason: z.string().optional(),
+});
+export type RestoreJob = z.infer<typeof RestoreJob>;
+
+/** The HMAC a download URL carries: made by the control plane, checked by the agent, both with the agent secret. */
+export function downloadSignature(secret: string, databaseId: string, backupId: string, expires: number): string {
+  return createHmac('sha256', `dbplane-download:${secret}`).update(`${databaseId}/${backupId}/${expires}`).digest('base64url');
+}
+
 /** A test-only hook: make the next matching call fail (e.g. to prove a rollback). */
 export const Fault = z.object({
-  operation: z.enum(['ensureInstance', 'startServer', 'deleteInstance']),
+  operation: z.enum(['ensureInstance', 'startServer', 'deleteInstance', 'backup', 'restore']),
   instanceId: InstanceId.optional(),
   message: z.string().default('injected fault'),
 });

@@ -1,5 +1,7 @@
 import type { z } from 'zod';
-import { EnsureInstance, HostInfo, Instance } from './agent-api.ts';
+import {
+  ArchiveSummary, BackupJob, downloadSignature, EnsureInstance, HostInfo, Instance, RestoreJob, type StartBackup, type StartRestore,
+} from './agent-api.ts';
 import { config, envNames } from './config.ts';
 import { AgentRefused, AgentUnavailable } from './errors.ts';
 
@@ -21,6 +23,42 @@ export class AgentClient {
 
   async deleteInstance(id: string): Promise<void> {
     await this.call('DELETE', `/v1/instances/${id}`, undefined);
+  }
+
+  startBackup(databaseId: string, backupId: string, request: StartBackup): Promise<BackupJob> {
+    return this.call('PUT', `/v1/instances/${databaseId}/backups/${backupId}`, BackupJob, request);
+  }
+
+  getBackup(databaseId: string, backupId: string): Promise<BackupJob | undefined> {
+    return this.call('GET', `/v1/archives/${databaseId}/backups/${backupId}`, BackupJob, undefined, true);
+  }
+
+  async deleteBackup(databaseId: string, backupId: string): Promise<void> {
+    await this.call('DELETE', `/v1/archives/${databaseId}/backups/${backupId}`, undefined);
+  }
+
+  archive(databaseId: string): Promise<ArchiveSummary> {
+    return this.call('GET', `/v1/archives/${databaseId}`, ArchiveSummary);
+  }
+
+  async purgeArchive(databaseId: string): Promise<void> {
+    await this.call('DELETE', `/v1/archives/${databaseId}`, undefined);
+  }
+
+  startRestore(instanceId: string, restoreId: string, request: StartRestore): Promise<RestoreJob> {
+    return this.call('PUT', `/v1/instances/${instanceId}/restores/${restoreId}`, RestoreJob, request);
+  }
+
+  getRestore(instanceId: string, restoreId: string): Promise<RestoreJob | undefined> {
+    return this.call('GET', `/v1/instances/${instanceId}/restores/${restoreId}`, RestoreJob, undefined, true);
+  }
+
+  /** A URL that serves the backup's archive, decrypted, until `expires` (unix seconds); signed, so it needs no token. */
+  downloadUrl(databaseId: string, backupId: string, expires: number): string {
+    const url = new URL(`/v1/downloads/${databaseId}/${backupId}`, this.baseUrl);
+    url.searchParams.set('expires', String(expires));
+    url.searchParams.set('signature', downloadSignature(this.secret, databaseId, backupId, expires));
+    return url.toString();
   }
 
   private async call<T>(method: string, path: string, schema: z.ZodType<T> | undefined, body?: unknown, allowMissing = false): Promise<T> {

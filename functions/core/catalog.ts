@@ -85,7 +85,9 @@ export const BackupPolicy = z.object({
   weeklyRetention: z.number().int().describe('weekly backups kept'),
   monthlyRetention: z.number().int().describe('monthly backups kept'),
   pointInTimeDays: z.number().int().describe('point-in-time recovery window, in days'),
+  manualRetention: z.number().int().describe('manual backups kept (the newest ones)'),
 });
+export type BackupPolicy = z.infer<typeof BackupPolicy>;
 
 export const Plan = z.object({
   id: z.string(),
@@ -99,8 +101,8 @@ export const Plan = z.object({
 });
 export type Plan = z.infer<typeof Plan>;
 
-const starterBackups = { dailyRetention: 7, weeklyRetention: 4, monthlyRetention: 0, pointInTimeDays: 7 };
-const businessBackups = { dailyRetention: 7, weeklyRetention: 8, monthlyRetention: 12, pointInTimeDays: 14 };
+const starterBackups = { dailyRetention: 7, weeklyRetention: 4, monthlyRetention: 0, pointInTimeDays: 7, manualRetention: 5 };
+const businessBackups = { dailyRetention: 7, weeklyRetention: 8, monthlyRetention: 12, pointInTimeDays: 14, manualRetention: 20 };
 
 export const plans: readonly Plan[] = [
   { id: 'starter-512', tier: 'starter', nodes: 1, memoryMb: 512, cpuShare: 0.25, diskGb: 5, maxConnections: 50, backupPolicy: starterBackups },

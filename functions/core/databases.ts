@@ -4,6 +4,7 @@ import { NotFound, Unprocessable } from './errors.ts';
 import type { EventPublisher } from './events.ts';
 import { newId } from './ids.ts';
 import type { Caller, Database, DatabaseStatus, Operation, OperationKind } from './model.ts';
+import { randomInt } from 'node:crypto';
 import { generatePassword, scramVerifier } from './scram.ts';
 import type { Store } from './store.ts';
 import type { Workflows } from './workflows.ts';
@@ -50,48 +51,65 @@ export async function createDatabase(deps: Deps, caller: Caller, input: CreateDa
       errors: [{ pointer: '/body/version', detail: `one of: ${allowed}` }],
     });
   }
-  const password = generatePassword();
-  const at = now.toISOString();
-  const id = newId('db');
-  const roleName = input.name.replaceAll('-', '_');
-  const operation = newOperation(id, caller.accountId, 'provision', { ...input, version: version.version }, at);
-  const database: Database = {
-    id,
-    accountId: caller.accountId,
-    name: input.name,
-    engine: input.engine,
-    version: version.version,
-    plan: input.plan,
-    status: 'creating',
-    username: roleName,
-    databaseName: roleName,
-    passwordVerifier: scramVerifier(password),
-    activeOperation: operation.id,
-    rev: 1,
-    createdAt: at,
-    updatedAt: at,
-  };
+  const { database, operation, password } = newDatabase(caller, input, version.version, now.toISOString(), 'provision', { ...input, version: version.version });
   await deps.store.createDatabase(database, operation);
   await deps.events.databaseStatusChanged(database, 'none', 'creating', operation.id);
   const started = await startWorkflow(deps, 'Provision', operation);
   return { database, operation: started, password };
 }
 
-export async function deleteDatabase(deps: Deps, caller: Caller, idOrName: string) {
+/** A new database's daily backup hour: spread over the night in Europe (00:00-05:59 UTC), like RDS's random default window. */
+export const defaultBackupHour = () => randomInt(0, 6);
+
+/** A new database record (status `creating`), the operation that brings it up, and its password (shown once, kept nowhere). */
+export function newDatabase(
+  caller: Caller,
+  input: Pick<CreateDatabaseInput, 'name' | 'engine' | 'plan'>,
+  version: string,
+  at: string,
+  kind: OperationKind,
+  operationInput: Record<string, unknown>,
+) {
+  const password = generatePassword();
+  const id = newId('db');
+  const roleName = input.name.replaceAll('-', '_');
+  const operation = newOperation(id, caller.accountId, kind, operationInput, at);
+  const database: Database = {
+    id,
+    accountId: caller.accountId,
+    name: input.name,
+    engine: input.engine,
+    version,
+    plan: input.plan,
+    status: 'creating',
+    username: roleName,
+    databaseName: roleName,
+    passwordVerifier: scramVerifier(password),
+    activeOperation: operation.id,
+    backupHour: defaultBackupHour(),
+    rev: 1,
+    createdAt: at,
+    updatedAt: at,
+  };
+  return { database, operation, password };
+}
+
+/** Deprovisions; backups stay for their retention unless `purge`, which also destroys the data key (crypto-shredding). */
+export async function deleteDatabase(deps: Deps, caller: Caller, idOrName: string, options: { purge?: boolean } = {}) {
   const database = await findDatabase(deps.store, caller, idOrName);
   const at = (deps.now ?? (() => new Date()))().toISOString();
-  const operation = newOperation(database.id, caller.accountId, 'deprovision', {}, at);
+  const operation = newOperation(database.id, caller.accountId, 'deprovision', { purge: options.purge ?? false }, at);
   await deps.store.startOperation(operation, ['running', 'failed'], 'deleting');
   await deps.events.databaseStatusChanged(database, database.status, 'deleting', operation.id);
   const started = await startWorkflow(deps, 'Deprovision', operation);
   return { database: { ...database, status: 'deleting' as DatabaseStatus, activeOperation: operation.id }, operation: started };
 }
 
-function newOperation(databaseId: string, accountId: string, kind: OperationKind, input: Record<string, unknown>, at: string): Operation {
+export function newOperation(databaseId: string, accountId: string, kind: OperationKind, input: Record<string, unknown>, at: string): Operation {
   return { id: newId('op'), databaseId, accountId, kind, status: 'pending', input, steps: [], createdAt: at, updatedAt: at };
 }
 
-async function startWorkflow(deps: Deps, workflow: WorkflowName, operation: Operation): Promise<Operation> {
+export async function startWorkflow(deps: Deps, workflow: WorkflowName, operation: Operation): Promise<Operation> {
   const executionArn = await deps.workflows.start(workflow, { operationId: operation.id, databaseId: operation.databaseId });
   if (!executionArn) return operation;
   await deps.store.setOperationFields(operation, { executionArn });

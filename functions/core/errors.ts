@@ -109,3 +109,17 @@ export class InstanceFailed extends DomainError {
   readonly status = 502;
   readonly title = 'The database server failed';
 }
+
+/** A backup ended `failed` on its host (or vanished). */
+export class BackupFailed extends DomainError {
+  override readonly name = 'BackupFailed';
+  readonly status = 502;
+  readonly title = 'The backup failed';
+}
+
+/** A restore ended `failed` on its host; in place, the database kept its data. */
+export class RestoreFailed extends DomainError {
+  override readonly name = 'RestoreFailed';
+  readonly status = 502;
+  readonly title = 'The restore failed';
+}

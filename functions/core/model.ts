@@ -5,7 +5,7 @@ import { EngineName } from './catalog.ts';
 
 export const DatabaseName = z.string().regex(/^[a-z][a-z0-9-]{1,39}$/, 'lowercase letters, digits and dashes; 2-40 characters, starting with a letter');
 
-export const DatabaseStatus = z.enum(['creating', 'running', 'deleting', 'deleted', 'failed']);
+export const DatabaseStatus = z.enum(['creating', 'running', 'restoring', 'deleting', 'deleted', 'failed']);
 export type DatabaseStatus = z.infer<typeof DatabaseStatus>;
 
 export const Endpoint = z.object({ host: z.string(), port: z.number().int() });
@@ -26,6 +26,14 @@ export const Database = z.object({
   /** SCRAM-SHA-256 verifier of the password; never shown by the API. */
   passwordVerifier: z.string(),
   activeOperation: z.string().optional(),
+  /** The UTC hour (0-23) of the daily backup. */
+  backupHour: z.number().int().min(0).max(23).default(3),
+  /** A per-database retention inside the plan's limits; absent fields follow the plan. */
+  backupRetention: z.object({ dailyRetention: z.number().int(), pointInTimeDays: z.number().int() }).partial().optional(),
+  /** The UTC date (YYYY-MM-DD) of the last scheduled backup started: at most one a day. */
+  lastScheduledBackup: z.string().optional(),
+  /** The version of the data key in use (KEY#<n>); absent before provisioning created it or after a purge. */
+  dataKeyVersion: z.number().int().optional(),
   rev: z.number().int(),
   createdAt: z.string(),
   updatedAt: z.string(),
@@ -33,15 +41,15 @@ export const Database = z.object({
 export type Database = z.infer<typeof Database>;
 
 /** What the API shows of a database: no secrets; `url` (without the password) once it has an endpoint. */
-export const DatabaseView = Database.omit({ passwordVerifier: true, rev: true }).extend({ url: z.string().optional() });
+export const DatabaseView = Database.omit({ passwordVerifier: true, rev: true, lastScheduledBackup: true }).extend({ url: z.string().optional() });
 export type DatabaseView = z.infer<typeof DatabaseView>;
 
-export function databaseView({ passwordVerifier: _verifier, rev: _rev, ...database }: Database): DatabaseView {
+export function databaseView({ passwordVerifier: _verifier, rev: _rev, lastScheduledBackup: _last, ...database }: Database): DatabaseView {
   const { endpoint, username, databaseName } = database;
   return endpoint ? { ...database, url: `postgresql://${username}@${endpoint.host}:${endpoint.port}/${databaseName}` } : database;
 }
 
-export const OperationKind = z.enum(['provision', 'deprovision']);
+export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore']);
 export type OperationKind = z.infer<typeof OperationKind>;
 
 export const OperationStatus = z.enum(['pending', 'running', 'succeeded', 'failed', 'rolled_back']);
@@ -73,6 +81,37 @@ export const Operation = z.object({
   finishedAt: z.string().optional(),
 });
 export type Operation = z.infer<typeof Operation>;
+
+export const BackupKind = z.enum(['scheduled', 'manual', 'pre_restore']);
+export type BackupKind = z.infer<typeof BackupKind>;
+export const BackupStatus = z.enum(['running', 'completed', 'failed']);
+
+/** A base backup of a database, as the control plane records it (the agent holds the bytes, in three zones). */
+export const Backup = z.object({
+  id: z.string(),
+  databaseId: z.string(),
+  accountId: z.string(),
+  kind: BackupKind,
+  status: BackupStatus,
+  operationId: z.string(),
+  /** The engine version the backup was taken from. */
+  version: z.string(),
+  startedAt: z.string(),
+  finishedAt: z.string().optional(),
+  /** The earliest instant this backup restores to (when it became consistent). */
+  consistentAt: z.string().optional(),
+  sizeBytes: z.number().int().optional(),
+  /** SHA-256 of the stored (encrypted) object; every good copy has it. */
+  sha256: z.string().optional(),
+  copies: z.array(z.object({ zone: z.string(), sha256: z.string(), ok: z.boolean() })),
+  keyVersion: z.number().int().optional(),
+  reason: z.string().optional(),
+});
+export type Backup = z.infer<typeof Backup>;
+
+/** A database's data key, wrapped by the master key (KMS in AWS, a local key file locally). */
+export const DataKey = z.object({ databaseId: z.string(), version: z.number().int(), wrapped: z.string(), createdAt: z.string() });
+export type DataKey = z.infer<typeof DataKey>;
 
 export const AuditEvent = z.object({
   id: z.string(),

@@ -1,7 +1,10 @@
+import type { EnsureInstance, StartRestore } from './agent-api.ts';
 import { findPlan, postgresSettings } from './catalog.ts';
 import type { AgentClient } from './agent-client.ts';
-import { InstanceFailed } from './errors.ts';
+import { backupOutcome, RestoreInput } from './backups.ts';
+import { BackupFailed, InstanceFailed, RestoreFailed } from './errors.ts';
 import type { EventPublisher } from './events.ts';
+import { type KeyWrapper, newWrappedDataKey } from './keys.ts';
 import type { Database, DatabaseStatus, Operation } from './model.ts';
 import type { StepInput } from './steps.ts';
 import type { Store } from './store.ts';
@@ -28,17 +31,106 @@ export async function beginOperation(store: Store, input: StepInput): Promise<vo
   if (operation.status === 'pending') await store.setOperationFields(operation, { status: 'running', updatedAt: new Date().toISOString() });
 }
 
-export async function ensureInstance(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+/** Creates the database's data key (wrapped) unless it has one; a retry finds the first one. */
+export async function createDataKey(deps: { store: Store; keys: KeyWrapper }, input: StepInput): Promise<void> {
   const { database } = await load(deps.store, input);
+  if (database.dataKeyVersion) return;
+  await deps.store.putDataKey({ databaseId: database.id, version: 1, wrapped: await newWrappedDataKey(deps.keys, database.id), createdAt: new Date().toISOString() });
+}
+
+async function wrappedKeyOf(store: Store, database: Pick<Database, 'id' | 'dataKeyVersion'>) {
+  const key = database.dataKeyVersion ? await store.getDataKey(database.id, database.dataKeyVersion) : undefined;
+  if (!key) throw new Error(`database ${database.id} has no data key`);
+  return { version: key.version, wrapped: key.wrapped };
+}
+
+/** What the agent needs to run the database's server: version, role, settings from the plan, data key. */
+async function instanceSpec(store: Store, database: Database): Promise<EnsureInstance> {
   const plan = findPlan(database.plan);
   if (!plan) throw new Error(`unknown plan ${database.plan}`);
-  await deps.agent.ensureInstance(database.id, {
+  return {
     engine: database.engine,
     version: database.version,
     role: { name: database.username, scramVerifier: database.passwordVerifier },
     database: database.databaseName,
     settings: postgresSettings(plan),
-  });
+    dataKey: await wrappedKeyOf(store, database),
+  };
+}
+
+export async function ensureInstance(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { database } = await load(deps.store, input);
+  await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database));
+}
+
+/** Where a poll stands: `attempts` counts the checks so a state machine can bound the loop. */
+export interface PollResult {
+  ready: boolean;
+  attempts: number;
+}
+
+/** Starts the backup the operation takes first (`input.backupId`); operations without one go straight on. */
+export async function startBackup(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation } = await load(deps.store, input);
+  const backupId = operation.input.backupId as string | undefined;
+  if (!backupId) return;
+  const backup = await deps.store.getBackup(operation.databaseId, backupId);
+  if (!backup) throw new Error(`backup ${backupId} is not recorded`);
+  await deps.agent.startBackup(operation.databaseId, backupId, { kind: backup.kind });
+}
+
+/** Polls the operation's backup; records it once it completed; a failed backup fails the step. */
+export async function checkBackup(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { backupProgress?: PollResult }): Promise<PollResult> {
+  const attempts = (input.backupProgress?.attempts ?? 0) + 1;
+  const { operation } = await load(deps.store, input);
+  const backupId = operation.input.backupId as string | undefined;
+  if (!backupId) return { ready: true, attempts };
+  const job = await deps.agent.getBackup(operation.databaseId, backupId);
+  if (!job) throw new BackupFailed(`backup ${backupId} is unknown to the host`);
+  if (job.status === 'failed') throw new BackupFailed(`backup ${backupId} failed: ${job.reason ?? 'no reason given'}`);
+  if (job.status === 'running') return { ready: false, attempts };
+  const backup = await deps.store.getBackup(operation.databaseId, backupId);
+  if (backup && backup.status !== 'completed') await deps.store.putBackup({ ...backup, ...backupOutcome(job) });
+  return { ready: true, attempts };
+}
+
+/** Starts the restore the operation asks for: in place, or into this new database from its source's archive. */
+export async function startRestore(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  const restore = RestoreInput.parse(operation.input);
+  const source = restore.into === 'same' ? database : await deps.store.getDatabase(restore.sourceDatabaseId);
+  const backup = source && await deps.store.getBackup(source.id, restore.sourceBackupId);
+  if (!source || !backup) throw new RestoreFailed(`backup ${restore.sourceBackupId} of database ${restore.sourceDatabaseId} is gone`);
+  const request: StartRestore = {
+    mode: restore.into === 'same' ? 'in_place' : 'new',
+    source: { databaseId: source.id, backupId: backup.id, dataKey: await wrappedKeyOf(deps.store, { id: source.id, dataKeyVersion: backup.keyVersion ?? source.dataKeyVersion }) },
+    pointInTime: restore.pointInTime,
+    spec: restore.into === 'new' ? await instanceSpec(deps.store, database) : undefined,
+  };
+  await deps.agent.startRestore(database.id, operation.id, request);
+}
+
+export async function checkRestore(agent: AgentClient, input: StepInput & { restoreProgress?: PollResult }): Promise<PollResult> {
+  const attempts = (input.restoreProgress?.attempts ?? 0) + 1;
+  const job = await agent.getRestore(input.databaseId, input.operationId);
+  if (!job) throw new RestoreFailed('the restore is unknown to the host');
+  if (job.status === 'failed') throw new RestoreFailed(job.reason ?? 'the restore failed');
+  return { ready: job.status === 'completed', attempts };
+}
+
+/** With `purge`: every backup and WAL segment goes, then the data key, after which no copy could be decrypted anyway. */
+export async function purgeBackups(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation } = await load(deps.store, input);
+  if (operation.input.purge !== true) return;
+  await deps.agent.purgeArchive(operation.databaseId);
+  for (const backup of await deps.store.listBackups(operation.databaseId)) await deps.store.deleteBackup(operation.databaseId, backup.id);
+  await deps.store.deleteDataKeys(operation.databaseId);
+}
+
+/** A restore into a new database that failed leaves nothing behind; in place, the agent has already put the old data back. */
+export async function abandonRestore(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation } = await load(deps.store, input);
+  if (RestoreInput.parse(operation.input).into === 'new') await deps.agent.deleteInstance(operation.databaseId);
 }
 
 export async function checkInstance(agent: AgentClient, input: StepInput): Promise<{ ready: boolean; attempts: number }> {
@@ -56,26 +148,41 @@ export async function removeInstance(agent: AgentClient, input: StepInput): Prom
 export async function completeOperation(deps: StepDeps, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
   const at = new Date().toISOString();
-  let changes: Parameters<Store['finishOperation']>[2];
-  switch (operation.kind) {
-    case 'provision': {
-      const instance = await deps.agent.getInstance(database.id);
-      if (!instance) throw new InstanceFailed('the server is gone from its host');
-      changes = { status: 'running', endpoint: { host: instance.host, port: instance.port } };
-      break;
-    }
-    case 'deprovision':
-      changes = { status: 'deleted', deleted: { accountId: database.accountId, name: database.name } };
-      break;
-  }
-  await finish(deps, operation, database, { status: 'succeeded', at }, changes);
+  const newServer = async (): Promise<FinishChanges> => {
+    const instance = await deps.agent.getInstance(database.id);
+    if (!instance) throw new InstanceFailed('the server is gone from its host');
+    return { status: 'running', endpoint: { host: instance.host, port: instance.port } };
+  };
+  const changes: Record<Operation['kind'], () => Promise<FinishChanges>> = {
+    provision: newServer,
+    deprovision: async () => ({ status: 'deleted', deleted: { accountId: database.accountId, name: database.name }, purged: operation.input.purge === true }),
+    backup: async () => ({ status: 'running' }),
+    restore: async () => (RestoreInput.parse(operation.input).into === 'new' ? newServer() : { status: 'running' }),
+  };
+  await finish(deps, operation, database, { status: 'succeeded', at }, await changes[operation.kind]());
 }
+
+type FinishChanges = Parameters<Store['finishOperation']>[2];
 
 /** Ends the operation as failed with the caught error's reason, releasing the lock. */
 export async function failOperation(deps: Omit<StepDeps, 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
   const reason = failureReason(input.error);
-  await finish(deps, operation, database, { status: 'failed', error: reason, at: new Date().toISOString() }, { status: 'failed', statusReason: reason });
+  const at = new Date().toISOString();
+  // A backup that did not complete is recorded as failed with the operation, never left `running`.
+  const backupId = operation.input.backupId as string | undefined;
+  const backup = backupId ? await deps.store.getBackup(operation.databaseId, backupId) : undefined;
+  const failedBackup = backup && backup.status !== 'completed'
+    ? [{ Put: { TableName: deps.store.table, Item: deps.store.backupItem({ ...backup, status: 'failed', reason, finishedAt: at }) } }]
+    : [];
+  // The database was not touched by a failed backup, nor by a failed restore in place (the host put the old data back).
+  const untouched = operation.kind === 'backup' || (operation.kind === 'restore' && RestoreInput.parse(operation.input).into === 'same');
+  await finish(
+    deps, operation, database,
+    { status: untouched && operation.kind === 'restore' ? 'rolled_back' : 'failed', error: reason, at },
+    untouched ? { status: 'running' } : { status: 'failed', statusReason: reason },
+    failedBackup,
+  );
 }
 
 async function finish(
@@ -83,12 +190,15 @@ async function finish(
   operation: Operation,
   database: Database,
   outcome: { status: Operation['status']; error?: string; at: string },
-  changes: Parameters<Store['finishOperation']>[2],
+  changes: FinishChanges,
+  extraItems: Parameters<Store['finishOperation']>[3] = [],
 ): Promise<void> {
   // A retry after the lock was released finds nothing to do, and sends no second event.
-  if (!(await deps.store.finishOperation(operation, outcome, changes))) return;
+  if (!(await deps.store.finishOperation(operation, outcome, changes, extraItems))) return;
   await deps.events.operationFinished({ ...operation, status: outcome.status, error: outcome.error, finishedAt: outcome.at });
-  await deps.events.databaseStatusChanged(database, database.status, changes.status as DatabaseStatus, operation.id);
+  if (database.status !== changes.status) {
+    await deps.events.databaseStatusChanged(database, database.status, changes.status as DatabaseStatus, operation.id);
+  }
 }
 
 /** Step Functions puts a Lambda error's message inside `Cause` as JSON (`errorMessage`); show that. */
@@ -126,6 +236,7 @@ export async function reapOperation(deps: ReaperDeps, ref: Pick<Operation, 'id' 
   }
   const input = { operationId: operation.id, databaseId: operation.databaseId };
   if (operation.kind === 'provision') await removeInstance(deps.agent, input);
+  if (operation.kind === 'restore') await abandonRestore(deps, input);
   await failOperation(deps, { ...input, error: { Error: 'ExecutionLost', Cause: 'the workflow stopped before the operation finished; cleaned up' } });
   return true;
 }

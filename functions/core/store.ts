@@ -6,21 +6,28 @@ import type { HostInfo } from './agent-api.ts';
 import { config } from './config.ts';
 import { Conflict, OperationInProgress } from './errors.ts';
 import {
-  Account, AuditEvent, Database, type DatabaseStatus, Operation, type OperationStatus, type OperationStep, TokenRecord,
+  Account, AuditEvent, Backup, DataKey, Database, type DatabaseStatus, Operation, type OperationStatus, type OperationStep, TokenRecord,
 } from './model.ts';
 
 /**
  * All access to the single table. Keys (see table.ts):
  *   DB#<id>/META, DB#<id>/OP#<id>, DB#<id>/EVT#<id>, NAME#<account>#<name>/META, ACCOUNT#<id>/META,
- *   TOKEN#<sha256>/META, IDEM#<account>#<key>/META, HOSTS/HOST#<id>.
+ *   DB#<id>/BACKUP#<id>, DB#<id>/KEY#<n>, TOKEN#<sha256>/META, IDEM#<account>#<key>/META, HOSTS/HOST#<id>.
  * Conditional-write failures become domain errors here, at the boundary.
  */
 
 const dbKey = (id: string) => ({ pk: `DB#${id}`, sk: 'META' });
 const nameKey = (accountId: string, name: string) => ({ pk: `NAME#${accountId}#${name}`, sk: 'META' });
 const opKey = (databaseId: string, id: string) => ({ pk: `DB#${databaseId}`, sk: `OP#${id}` });
+const backupKey = (databaseId: string, id: string) => ({ pk: `DB#${databaseId}`, sk: `BACKUP#${id}` });
+const dataKeyKey = (databaseId: string, version: number) => ({ pk: `DB#${databaseId}`, sk: `KEY#${version}` });
+/** The backup-hour index entry of a database (see table.ts, gsi3). */
+const backupHourIndex = (database: Pick<Database, 'id' | 'backupHour'>) => ({
+  gsi3pk: `BACKUP_HOUR#${String(database.backupHour).padStart(2, '0')}`,
+  gsi3sk: `DB#${database.id}`,
+});
 
-const keyAttributes = ['pk', 'sk', 'gsi1pk', 'gsi1sk', 'gsi2pk', 'gsi2sk', 'expiresAt'];
+const keyAttributes = ['pk', 'sk', 'gsi1pk', 'gsi1sk', 'gsi2pk', 'gsi2sk', 'gsi3pk', 'gsi3sk', 'expiresAt'];
 function strip<T>(item: Record<string, unknown>): T {
   return Object.fromEntries(Object.entries(item).filter(([k]) => !keyAttributes.includes(k))) as T;
 }
@@ -36,6 +43,8 @@ function cancellationReasons(error: unknown): (string | undefined)[] | undefined
   return error instanceof TransactionCanceledException ? error.CancellationReasons?.map((r) => r.Code) : undefined;
 }
 
+type TransactItems = NonNullable<ConstructorParameters<typeof TransactWriteCommand>[0]['TransactItems']>;
+
 export interface IdempotencyRecord {
   requestHash: string;
   status: 'in_progress' | 'completed';
@@ -46,7 +55,7 @@ export interface IdempotencyRecord {
 export class Store {
   private readonly doc: DynamoDBDocumentClient;
 
-  constructor(client = new DynamoDBClient({}), private readonly table = config.tableName()) {
+  constructor(client = new DynamoDBClient({}), readonly table = config.tableName()) {
     this.doc = DynamoDBDocumentClient.from(client, { marshallOptions: { removeUndefinedValues: true } });
   }
 
@@ -81,7 +90,7 @@ export class Store {
     try {
       await this.doc.send(new TransactWriteCommand({
         TransactItems: [
-          { Put: { TableName: this.table, Item: { ...dbKey(database.id), gsi1pk: `OWNER#${database.accountId}`, gsi1sk: `DB#${database.name}`, ...database }, ConditionExpression: 'attribute_not_exists(pk)' } },
+          { Put: { TableName: this.table, Item: { ...dbKey(database.id), gsi1pk: `OWNER#${database.accountId}`, gsi1sk: `DB#${database.name}`, ...backupHourIndex(database), ...database }, ConditionExpression: 'attribute_not_exists(pk)' } },
           { Put: { TableName: this.table, Item: { ...nameKey(database.accountId, database.name), databaseId: database.id }, ConditionExpression: 'attribute_not_exists(pk)' } },
           { Put: { TableName: this.table, Item: this.operationItem(operation) } },
         ],
@@ -117,8 +126,17 @@ export class Store {
    * Takes the database's lock for a new operation and records the operation, in one transaction.
    * Fails with 409 naming the operation in progress, or with 409 when the status does not allow it.
    */
-  async startOperation(operation: Operation, allowedStatuses: DatabaseStatus[], newStatus: DatabaseStatus): Promise<void> {
+  async startOperation(
+    operation: Operation,
+    allowedStatuses: DatabaseStatus[],
+    newStatus: DatabaseStatus,
+    options: { scheduledBackupDate?: string; extraItems?: TransactItems } = {},
+  ): Promise<void> {
     const statusValues = Object.fromEntries(allowedStatuses.map((s, i) => [`:allowed${i}`, s]));
+    // A scheduled backup also claims its day, so a second tick (or a retried one) starts nothing.
+    const { scheduledBackupDate: day } = options;
+    const daySet = day ? ', lastScheduledBackup = :day' : '';
+    const dayCondition = day ? ' AND (attribute_not_exists(lastScheduledBackup) OR lastScheduledBackup <> :day)' : '';
     try {
       await this.doc.send(new TransactWriteCommand({
         TransactItems: [
@@ -126,19 +144,21 @@ export class Store {
             Update: {
               TableName: this.table,
               Key: dbKey(operation.databaseId),
-              UpdateExpression: 'SET activeOperation = :op, #status = :status, updatedAt = :now, rev = rev + :one REMOVE statusReason',
-              ConditionExpression: `attribute_exists(pk) AND attribute_not_exists(activeOperation) AND #status IN (${Object.keys(statusValues).join(', ')})`,
+              UpdateExpression: `SET activeOperation = :op, #status = :status, updatedAt = :now, rev = rev + :one${daySet} REMOVE statusReason`,
+              ConditionExpression: `attribute_exists(pk) AND attribute_not_exists(activeOperation) AND #status IN (${Object.keys(statusValues).join(', ')})${dayCondition}`,
               ExpressionAttributeNames: { '#status': 'status' },
-              ExpressionAttributeValues: { ':op': operation.id, ':status': newStatus, ':now': operation.createdAt, ':one': 1, ...statusValues },
+              ExpressionAttributeValues: { ':op': operation.id, ':status': newStatus, ':now': operation.createdAt, ':one': 1, ...statusValues, ...(day ? { ':day': day } : {}) },
             },
           },
           { Put: { TableName: this.table, Item: this.operationItem(operation) } },
+          ...(options.extraItems ?? []),
         ],
       }));
     } catch (error) {
       if (cancellationReasons(error)?.[0] !== 'ConditionalCheckFailed') throw error;
       const current = await this.getDatabase(operation.databaseId);
       if (current?.activeOperation) throw new OperationInProgress(current.activeOperation);
+      if (day && current?.lastScheduledBackup === day) throw new Conflict(`the scheduled backup of ${day} has already started`);
       throw new Conflict(`the database is ${current?.status ?? 'gone'}; this operation needs it ${allowedStatuses.join(' or ')}`);
     }
   }
@@ -150,7 +170,16 @@ export class Store {
   async finishOperation(
     operation: Pick<Operation, 'id' | 'databaseId'>,
     outcome: { status: OperationStatus; error?: string; at: string },
-    changes: { status: DatabaseStatus; statusReason?: string; endpoint?: Database['endpoint']; deleted?: { accountId: string; name: string } },
+    changes: {
+      status: DatabaseStatus;
+      statusReason?: string;
+      endpoint?: Database['endpoint'];
+      deleted?: { accountId: string; name: string };
+      /** With `deleted`: the backups and data key were destroyed, so the pruner has nothing left to visit. */
+      purged?: boolean;
+    },
+    /** More writes that must happen with the outcome (e.g. the backup record's result). */
+    extraItems: TransactItems = [],
   ): Promise<boolean> {
     const set = ['#status = :dbStatus', 'updatedAt = :at', 'rev = rev + :one'];
     const remove = ['activeOperation'];
@@ -158,7 +187,8 @@ export class Store {
     if (changes.statusReason) { set.push('statusReason = :reason'); values[':reason'] = changes.statusReason; } else remove.push('statusReason');
     if (changes.endpoint) { set.push('endpoint = :endpoint'); values[':endpoint'] = changes.endpoint; }
     if (changes.deleted) remove.push('gsi1pk', 'gsi1sk', 'endpoint');
-    const items: NonNullable<ConstructorParameters<typeof TransactWriteCommand>[0]['TransactItems']> = [
+    if (changes.purged) remove.push('gsi3pk', 'gsi3sk', 'dataKeyVersion');
+    const items: TransactItems = [
       {
         Update: {
           TableName: this.table,
@@ -189,6 +219,7 @@ export class Store {
         },
       });
     }
+    items.push(...extraItems);
     try {
       await this.doc.send(new TransactWriteCommand({ TransactItems: items }));
       return true;
@@ -293,6 +324,107 @@ export class Store {
       ExpressionAttributeNames: { '#name': name, '#status': 'status' },
       ExpressionAttributeValues: { ':status': status, ':at': at, ...(detail ? { ':detail': detail } : {}) },
     }));
+  }
+
+  // ---- backup schedule
+
+  /** Databases whose daily backup is at this UTC hour, from the sparse index (includes deleted ones that still have backups). */
+  async listDatabasesByBackupHour(hour: number): Promise<Database[]> {
+    const items = await this.queryAll({
+      IndexName: 'gsi3',
+      KeyConditionExpression: 'gsi3pk = :hour',
+      ExpressionAttributeValues: { ':hour': backupHourIndex({ id: '', backupHour: hour }).gsi3pk },
+    });
+    // The index holds every attribute, but may lag: read each database itself for its current state.
+    const databases = await Promise.all(items.map((item) => this.getDatabase(String(item.id))));
+    return databases.filter((d): d is Database => d !== undefined);
+  }
+
+  async setBackupSchedule(database: Database, schedule: Pick<Database, 'backupHour' | 'backupRetention'>): Promise<Database> {
+    const { Attributes } = await this.doc.send(new UpdateCommand({
+      TableName: this.table,
+      Key: dbKey(database.id),
+      UpdateExpression: 'SET backupHour = :hour, backupRetention = :retention, gsi3pk = :gsi3pk, gsi3sk = :gsi3sk, rev = rev + :one',
+      ConditionExpression: 'attribute_exists(pk)',
+      ExpressionAttributeValues: {
+        ':hour': schedule.backupHour, ':retention': schedule.backupRetention ?? {}, ':one': 1,
+        ...Object.fromEntries(Object.entries(backupHourIndex({ id: database.id, backupHour: schedule.backupHour })).map(([k, v]) => [`:${k}`, v])),
+      },
+      ReturnValues: 'ALL_NEW',
+    }));
+    return Database.parse(strip(Attributes!));
+  }
+
+  /** Removes a deleted database from the pruner's index once nothing of it is left. */
+  async forgetBackupHour(databaseId: string): Promise<void> {
+    await this.doc.send(new UpdateCommand({ TableName: this.table, Key: dbKey(databaseId), UpdateExpression: 'REMOVE gsi3pk, gsi3sk' }));
+  }
+
+  // ---- data keys
+
+  /**
+   * Records a database's data key (wrapped) and makes it the one in use. Safe to repeat: when this
+   * version exists already, the stored key wins and is returned.
+   */
+  async putDataKey(key: DataKey): Promise<DataKey> {
+    try {
+      await this.doc.send(new TransactWriteCommand({
+        TransactItems: [
+          { Put: { TableName: this.table, Item: { ...dataKeyKey(key.databaseId, key.version), ...key }, ConditionExpression: 'attribute_not_exists(pk)' } },
+          { Update: { TableName: this.table, Key: dbKey(key.databaseId), UpdateExpression: 'SET dataKeyVersion = :v', ConditionExpression: 'attribute_exists(pk)', ExpressionAttributeValues: { ':v': key.version } } },
+        ],
+      }));
+      return key;
+    } catch (error) {
+      if (cancellationReasons(error)?.[0] !== 'ConditionalCheckFailed') throw error;
+      const existing = await this.getDataKey(key.databaseId, key.version);
+      if (!existing) throw error;
+      return existing;
+    }
+  }
+
+  async getDataKey(databaseId: string, version: number): Promise<DataKey | undefined> {
+    const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: dataKeyKey(databaseId, version), ConsistentRead: true }));
+    return Item && DataKey.parse(strip(Item));
+  }
+
+  /** Crypto-shredding: once the wrapped keys are gone, no copy of the database's backups can be decrypted. */
+  async deleteDataKeys(databaseId: string): Promise<void> {
+    const items = await this.queryAll({
+      KeyConditionExpression: 'pk = :db AND begins_with(sk, :key)',
+      ExpressionAttributeValues: { ':db': `DB#${databaseId}`, ':key': 'KEY#' },
+      ProjectionExpression: 'pk, sk',
+    });
+    await Promise.all(items.map((item) => this.doc.send(new DeleteCommand({ TableName: this.table, Key: { pk: item.pk, sk: item.sk } }))));
+  }
+
+  // ---- backups
+
+  backupItem(backup: Backup) {
+    return { ...backupKey(backup.databaseId, backup.id), ...backup };
+  }
+
+  async putBackup(backup: Backup): Promise<void> {
+    await this.doc.send(new PutCommand({ TableName: this.table, Item: this.backupItem(backup) }));
+  }
+
+  async getBackup(databaseId: string, id: string): Promise<Backup | undefined> {
+    const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: backupKey(databaseId, id), ConsistentRead: true }));
+    return Item && Backup.parse(strip(Item));
+  }
+
+  /** Newest first. */
+  async listBackups(databaseId: string): Promise<Backup[]> {
+    const items = await this.queryAll({
+      KeyConditionExpression: 'pk = :db AND begins_with(sk, :backup)',
+      ExpressionAttributeValues: { ':db': `DB#${databaseId}`, ':backup': 'BACKUP#' },
+      ScanIndexForward: false,
+    });
+    return items.map((item) => Backup.parse(strip(item)));
+  }
+
+  async deleteBackup(databaseId: string, id: string): Promise<void> {
+    await this.doc.send(new DeleteCommand({ TableName: this.table, Key: backupKey(databaseId, id) }));
   }
 
   // ---- audit events

@@ -11,5 +11,10 @@ export const tableDesign = {
     { name: 'gsi1', partitionKey: 'gsi1pk', sortKey: 'gsi1sk' },
     /** Sparse: unfinished operations only (`ACTIVE` / created-at), for the operation reaper. */
     { name: 'gsi2', partitionKey: 'gsi2pk', sortKey: 'gsi2sk' },
+    /**
+     * Sparse: databases by backup hour (`BACKUP_HOUR#<hh>` / `DB#<id>`), for the backup scheduler and the
+     * retention pruner. Kept after deletion while the database still has backups.
+     */
+    { name: 'gsi3', partitionKey: 'gsi3pk', sortKey: 'gsi3sk' },
   ],
 } as const;

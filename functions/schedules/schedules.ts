@@ -25,4 +25,18 @@ export const schedules: readonly Schedule[] = [
     handler: 'handler',
     description: "records each host's versions and capabilities, which GET /engines offers",
   },
+  {
+    id: 'BackupScheduler',
+    expression: 'rate(15 minutes)',
+    entry: 'functions/schedules/backup-scheduler.ts',
+    handler: 'handler',
+    description: 'starts the daily backup of the databases whose backup hour it is (index by hour, no scan); a busy database is tried again on the next tick',
+  },
+  {
+    id: 'BackupPruner',
+    expression: 'rate(1 hour)',
+    entry: 'functions/schedules/backup-pruner.ts',
+    handler: 'handler',
+    description: "removes backups that fell out of retention, in every copy, for this hour's databases; shreds a deleted database's key once nothing is left",
+  },
 ];

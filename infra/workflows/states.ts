@@ -4,12 +4,25 @@
  */
 export const stateNames = {
   beginOperation: 'BeginOperation',
+  createDataKey: 'CreateDataKey',
   ensureInstance: 'EnsureInstance',
   waitForInstance: 'WaitForInstance',
   checkInstance: 'CheckInstance',
   isInstanceReady: 'IsInstanceReady',
   instanceNotHealthy: 'InstanceNotHealthy',
   removeInstance: 'RemoveInstance',
+  purgeBackups: 'PurgeBackups',
+  startBackup: 'StartBackup',
+  waitForBackup: 'WaitForBackup',
+  checkBackup: 'CheckBackup',
+  isBackupDone: 'IsBackupDone',
+  backupTimedOut: 'BackupTimedOut',
+  startRestore: 'StartRestore',
+  waitForRestore: 'WaitForRestore',
+  checkRestore: 'CheckRestore',
+  isRestoreDone: 'IsRestoreDone',
+  restoreTimedOut: 'RestoreTimedOut',
+  abandonRestore: 'AbandonRestore',
   completeOperation: 'CompleteOperation',
   failOperation: 'FailOperation',
   succeeded: 'Succeeded',
@@ -20,9 +33,16 @@ export type StateName = (typeof stateNames)[keyof typeof stateNames];
 /** The step Lambdas: one per step, shared by every state machine that uses it. */
 export const steps = {
   BeginOperation: 'functions/steps/begin-operation.ts',
+  CreateDataKey: 'functions/steps/create-data-key.ts',
   EnsureInstance: 'functions/steps/ensure-instance.ts',
   CheckInstance: 'functions/steps/check-instance.ts',
   RemoveInstance: 'functions/steps/remove-instance.ts',
+  PurgeBackups: 'functions/steps/purge-backups.ts',
+  StartBackup: 'functions/steps/start-backup.ts',
+  CheckBackup: 'functions/steps/check-backup.ts',
+  StartRestore: 'functions/steps/start-restore.ts',
+  CheckRestore: 'functions/steps/check-restore.ts',
+  AbandonRestore: 'functions/steps/abandon-restore.ts',
   CompleteOperation: 'functions/steps/complete-operation.ts',
   FailOperation: 'functions/steps/fail-operation.ts',
 } as const satisfies Partial<Record<StateName, string>>;
@@ -36,21 +56,30 @@ export const paths = {
   health: '$.health',
   healthReady: '$.health.ready',
   healthAttempts: '$.health.attempts',
+  /** CheckBackup's and CheckRestore's results, like `health`. */
+  backupProgress: '$.backupProgress',
+  restoreProgress: '$.restoreProgress',
   /** The caught error, `{ Error, Cause }`, which FailOperation reads. */
   error: '$.error',
   /** An error of the cleanup itself (RemoveInstance during Provision's cleanup), kept apart from `$.error`. */
   cleanupError: '$.cleanupError',
 } as const;
 
-/** Health polling of Provision: one check per `healthCheckIntervalSeconds`, at most `maxHealthChecks`. */
-export const healthCheckIntervalSeconds = 1;
-export const maxHealthChecks = 120;
+/** A bounded poll: one check per `intervalSeconds`, at most `maxChecks`, then `timeoutError`. */
+export interface PollSpec {
+  readonly intervalSeconds: number;
+  readonly maxChecks: number;
+  readonly timeoutError: { readonly Error: string; readonly Cause: string };
+}
 
-/** What Provision records when the instance never becomes healthy. */
-export const instanceNotHealthyError = {
-  Error: 'InstanceNotHealthy',
-  Cause: 'the server did not become healthy in time',
-} as const;
+export const polls = {
+  /** Until a new server is healthy (Provision). */
+  instance: { intervalSeconds: 1, maxChecks: 120, timeoutError: { Error: 'InstanceNotHealthy', Cause: 'the server did not become healthy in time' } },
+  /** Until a base backup is stored in every zone: up to 2 hours. */
+  backup: { intervalSeconds: 5, maxChecks: 1440, timeoutError: { Error: 'BackupTimedOut', Cause: 'the backup did not finish within 2 hours' } },
+  /** Until a restore has recovered and been verified: up to 2 hours. */
+  restore: { intervalSeconds: 5, maxChecks: 1440, timeoutError: { Error: 'RestoreTimedOut', Cause: 'the restore did not finish within 2 hours' } },
+} as const satisfies Record<string, PollSpec>;
 
 /** Errors retried on every step: Lambda's transient failures and the agent being unreachable. */
 export const transientErrors = [

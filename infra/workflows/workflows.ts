@@ -6,10 +6,9 @@ import { Construct } from 'constructs';
 import type { WorkflowName } from '../../functions/core/config.ts';
 import { DbplaneFunction, logicalIdOf, type SharedResources } from '../function.ts';
 import {
-  healthCheckIntervalSeconds,
-  instanceNotHealthyError,
-  maxHealthChecks,
   paths,
+  type PollSpec,
+  polls,
   stateNames,
   stepHandlerExport,
   steps,
@@ -46,6 +45,7 @@ export class Workflows extends Construct {
           handler: stepHandlerExport,
           shared: props.shared,
           agentAccess: true,
+          keyAccess: name === 'CreateDataKey',
           timeout: Duration.seconds(60),
           description: `workflow step ${name}`,
         }),
@@ -56,6 +56,8 @@ export class Workflows extends Construct {
     this.stateMachines = {
       Provision: this.stateMachine('Provision', timeout, (scope) => this.provision(scope)),
       Deprovision: this.stateMachine('Deprovision', timeout, (scope) => this.deprovision(scope)),
+      Backup: this.stateMachine('Backup', timeout, (scope) => this.backup(scope)),
+      Restore: this.stateMachine('Restore', timeout, (scope) => this.restore(scope)),
     };
   }
 
@@ -119,8 +121,48 @@ export class Workflows extends Construct {
   }
 
   /**
-   * BeginOperation → EnsureInstance → (WaitForInstance → CheckInstance → IsInstanceReady)* → CompleteOperation.
-   * Any failure, or no health after `maxHealthChecks`, runs the cleanup: RemoveInstance → FailOperation → Failed.
+   * A bounded poll: Wait → Check → Choice, again until the check answers `ready` (→ `onReady`) or has
+   * run `spec.maxChecks` times (the spec's timeout error at `$.error` → `onTimeout`). Failures of the
+   * check go to `onError`. Returns the Wait, where the poll starts.
+   */
+  private poll(
+    scope: Construct,
+    names: { wait: string; check: StepName; choice: string; timedOut: string },
+    spec: PollSpec,
+    resultPath: string,
+    next: { onReady: sfn.IChainable; onTimeout: sfn.IChainable; onError: sfn.IChainable },
+  ): sfn.Wait {
+    const wait = new sfn.Wait(scope, names.wait, {
+      stateName: names.wait,
+      time: sfn.WaitTime.duration(Duration.seconds(spec.intervalSeconds)),
+    });
+    const check = this.task(scope, names.check, { resultPath });
+    check.addCatch(next.onError, { errors: [sfn.Errors.ALL], resultPath: paths.error });
+    const timedOut = new sfn.Pass(scope, names.timedOut, {
+      stateName: names.timedOut,
+      result: sfn.Result.fromObject(spec.timeoutError),
+      resultPath: paths.error,
+    });
+    const choice = new sfn.Choice(scope, names.choice, { stateName: names.choice })
+      .when(sfn.Condition.booleanEquals(`${resultPath}.ready`, true), next.onReady)
+      .when(sfn.Condition.numberGreaterThanEquals(`${resultPath}.attempts`, spec.maxChecks), timedOut.next(next.onTimeout))
+      .otherwise(wait);
+    wait.next(check).next(choice);
+    return wait;
+  }
+
+  private succeed(scope: Construct): sfn.Succeed {
+    return new sfn.Succeed(scope, stateNames.succeeded, { stateName: stateNames.succeeded });
+  }
+
+  /** Tasks in sequence, each sending any error to `onError` (at `$.error`). */
+  private sequence(scope: Construct, names: StepName[], onError: sfn.IChainable): tasks.LambdaInvoke[] {
+    return names.map((name) => this.task(scope, name).addCatch(onError, { errors: [sfn.Errors.ALL], resultPath: paths.error }) as tasks.LambdaInvoke);
+  }
+
+  /**
+   * BeginOperation → CreateDataKey → EnsureInstance → poll CheckInstance → CompleteOperation.
+   * Any failure, or no health after `polls.instance.maxChecks`, runs the cleanup: RemoveInstance → FailOperation → Failed.
    */
   private provision(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
@@ -129,40 +171,66 @@ export class Workflows extends Construct {
     remove.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
     const cleanup = remove.next(failure);
 
-    const begin = this.task(scope, 'BeginOperation');
-    const ensure = this.task(scope, 'EnsureInstance');
-    const check = this.task(scope, 'CheckInstance', { resultPath: paths.health });
-    const complete = this.task(scope, 'CompleteOperation');
-    for (const task of [begin, ensure, check, complete]) {
-      task.addCatch(cleanup, { errors: [sfn.Errors.ALL], resultPath: paths.error });
-    }
-
-    const wait = new sfn.Wait(scope, stateNames.waitForInstance, {
-      stateName: stateNames.waitForInstance,
-      time: sfn.WaitTime.duration(Duration.seconds(healthCheckIntervalSeconds)),
-    });
-    const notHealthy = new sfn.Pass(scope, stateNames.instanceNotHealthy, {
-      stateName: stateNames.instanceNotHealthy,
-      result: sfn.Result.fromObject(instanceNotHealthyError),
-      resultPath: paths.error,
-    });
-    const isReady = new sfn.Choice(scope, stateNames.isInstanceReady, { stateName: stateNames.isInstanceReady })
-      .when(sfn.Condition.booleanEquals(paths.healthReady, true), complete.next(new sfn.Succeed(scope, stateNames.succeeded, { stateName: stateNames.succeeded })))
-      .when(sfn.Condition.numberGreaterThanEquals(paths.healthAttempts, maxHealthChecks), notHealthy.next(cleanup))
-      .otherwise(wait);
-
-    return begin.next(ensure).next(wait).next(check).next(isReady);
+    const [begin, createKey, ensure, complete] = this.sequence(scope, ['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'CompleteOperation'], cleanup);
+    const waitForHealth = this.poll(
+      scope,
+      { wait: stateNames.waitForInstance, check: 'CheckInstance', choice: stateNames.isInstanceReady, timedOut: stateNames.instanceNotHealthy },
+      polls.instance,
+      paths.health,
+      { onReady: complete.next(this.succeed(scope)), onTimeout: cleanup, onError: cleanup },
+    );
+    return begin.next(createKey).next(ensure).next(waitForHealth);
   }
 
-  /** BeginOperation → RemoveInstance → CompleteOperation; any failure: FailOperation → Failed. */
+  /** BeginOperation → RemoveInstance → PurgeBackups (only with `purge`) → CompleteOperation; any failure: FailOperation → Failed. */
   private deprovision(scope: Construct): sfn.IChainable {
+    const [begin, remove, purge, complete] = this.sequence(scope, ['BeginOperation', 'RemoveInstance', 'PurgeBackups', 'CompleteOperation'], this.failure(scope));
+    return begin.next(remove).next(purge).next(complete).next(this.succeed(scope));
+  }
+
+  /** BeginOperation → StartBackup → poll CheckBackup → CompleteOperation; any failure: FailOperation (the backup recorded failed) → Failed. */
+  private backup(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
-    const begin = this.task(scope, 'BeginOperation');
-    const remove = this.task(scope, 'RemoveInstance');
-    const complete = this.task(scope, 'CompleteOperation');
-    for (const task of [begin, remove, complete]) {
-      task.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.error });
-    }
-    return begin.next(remove).next(complete).next(new sfn.Succeed(scope, stateNames.succeeded, { stateName: stateNames.succeeded }));
+    const [begin, start, complete] = this.sequence(scope, ['BeginOperation', 'StartBackup', 'CompleteOperation'], failure);
+    const waitForBackup = this.poll(
+      scope,
+      { wait: stateNames.waitForBackup, check: 'CheckBackup', choice: stateNames.isBackupDone, timedOut: stateNames.backupTimedOut },
+      polls.backup,
+      paths.backupProgress,
+      { onReady: complete.next(this.succeed(scope)), onTimeout: failure, onError: failure },
+    );
+    return begin.next(start).next(waitForBackup);
+  }
+
+  /**
+   * BeginOperation → CreateDataKey (a new database's own key) → StartBackup (the undo backup of a restore
+   * in place) → poll CheckBackup → StartRestore → poll CheckRestore → CompleteOperation. Any failure:
+   * AbandonRestore (removes a new database's server; in place, the host already put the old data back) →
+   * FailOperation → Failed.
+   */
+  private restore(scope: Construct): sfn.IChainable {
+    const failure = this.failure(scope);
+    const abandon = this.task(scope, 'AbandonRestore');
+    abandon.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
+    const cleanup = abandon.next(failure);
+
+    const [begin, createKey, startBackup, startRestore, complete] = this.sequence(
+      scope, ['BeginOperation', 'CreateDataKey', 'StartBackup', 'StartRestore', 'CompleteOperation'], cleanup,
+    );
+    const waitForRestore = this.poll(
+      scope,
+      { wait: stateNames.waitForRestore, check: 'CheckRestore', choice: stateNames.isRestoreDone, timedOut: stateNames.restoreTimedOut },
+      polls.restore,
+      paths.restoreProgress,
+      { onReady: complete.next(this.succeed(scope)), onTimeout: cleanup, onError: cleanup },
+    );
+    const waitForUndoBackup = this.poll(
+      scope,
+      { wait: stateNames.waitForBackup, check: 'CheckBackup', choice: stateNames.isBackupDone, timedOut: stateNames.backupTimedOut },
+      polls.backup,
+      paths.backupProgress,
+      { onReady: startRestore.next(waitForRestore), onTimeout: cleanup, onError: cleanup },
+    );
+    return begin.next(createKey).next(startBackup).next(waitForUndoBackup);
   }
 }
