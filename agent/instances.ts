@@ -4,8 +4,9 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { z } from 'zod';
-import { EnsureInstance, InstanceId, type Instance } from '#core/agent-api.ts';
+import { EnsureInstance, InstanceId, type Instance, type WrappedKey } from '#core/agent-api.ts';
 import { BadRequest, Conflict, Unprocessable, type FieldIssue } from '#core/errors.ts';
+import type { HostedInstance, InstanceAccess } from './backups/service.ts';
 import { InjectedFault, type Faults } from './faults.ts';
 import type { PostgresInstall } from './host.ts';
 import { errorMessage, log } from './log.ts';
@@ -24,7 +25,7 @@ interface Managed {
   supervisor: Supervisor;
 }
 
-export interface InstanceManager {
+export interface InstanceManager extends InstanceAccess {
   ensure(id: string, spec: EnsureInstance): Promise<Instance>;
   get(id: string): Instance | undefined;
   remove(id: string): Promise<void>;
@@ -38,12 +39,14 @@ export interface InstanceManagerOptions {
   installs: PostgresInstall[];
   runAs: RunAs | undefined;
   faults: Faults;
+  /** Extra server settings for a database (WAL archiving when it has a data key); written last, before every start. */
+  serverSettings?: (databaseId: string, dataKey: WrappedKey | undefined) => Promise<string[]>;
 }
 
 const host = '127.0.0.1';
 const reservedDatabases = new Set(['postgres', 'template0', 'template1']);
 
-export function createInstanceManager({ dataDir, installs, runAs, faults }: InstanceManagerOptions): InstanceManager {
+export function createInstanceManager({ dataDir, installs, runAs, faults, serverSettings }: InstanceManagerOptions): InstanceManager {
   const instancesDir = join(dataDir, 'instances');
   // Sockets live in <dataDir>/sockets/<port>, not in the instance folder: an instance id can be 63
   // characters and a unix socket path must fit in 107 bytes.
@@ -87,7 +90,8 @@ export function createInstanceManager({ dataDir, installs, runAs, faults }: Inst
         await makePrivateDir(paths.socket, runAs);
         await stopStalePostmaster(paths.data);
         if (!(await exists(join(paths.data, 'PG_VERSION')))) await initCluster(binaries, paths, runAs);
-        await writeServerConfig(paths, managed.stored.port, managed.stored.spec.settings, runAs);
+        const extra = await serverSettings?.(managed.stored.id, managed.stored.spec.dataKey) ?? [];
+        await writeServerConfig(paths, managed.stored.port, managed.stored.spec.settings, runAs, extra);
       },
       spawn: () => spawnPostmaster(install()!, serverPaths(managed.stored), runAs),
       becomeReady: (current) => provision(managed.stored, serverPaths(managed.stored).socket, current),
@@ -117,16 +121,49 @@ export function createInstanceManager({ dataDir, installs, runAs, faults }: Inst
     if (spec.engine !== current.engine || spec.version !== current.version) {
       throw new Conflict(`instance ${managed.stored.id} runs ${current.engine} ${current.version}, not ${spec.version}; changing versions is an upgrade`);
     }
-    const settingsChanged = canonical(spec.settings) !== canonical(current.settings);
+    // Turning archiving on or off needs a restart; a new data key version only changes what the agent seals new WAL with.
+    const settingsChanged = canonical(spec.settings) !== canonical(current.settings) || !spec.dataKey !== !current.dataKey;
+    const keyChanged = canonical(spec.dataKey ?? {}) !== canonical(current.dataKey ?? {});
     const accessChanged = canonical(spec.role) !== canonical(current.role) || spec.database !== current.database;
-    if (!settingsChanged && !accessChanged) return;
+    if (!settingsChanged && !accessChanged && !keyChanged) return;
     managed.stored = { ...managed.stored, spec };
     await saveState(managed.stored);
+    if (keyChanged && !settingsChanged) await serverSettings?.(managed.stored.id, spec.dataKey);
     if (settingsChanged) {
       log('info', 'settings changed; restarting', { instance: managed.stored.id });
       await managed.supervisor.stop();
-    } else {
+    } else if (accessChanged) {
       managed.supervisor.reprovision();
+    }
+  }
+
+  /**
+   * An agent that died while swapping restored data in (replaceData) left the old data aside: the
+   * restore did not finish (its job reads back as failed), so the old data goes back in place.
+   */
+  async function undoUnfinishedSwap(id: string): Promise<void> {
+    const live = join(instanceDir(id), 'data');
+    for (const name of await readdir(instanceDir(id))) {
+      const path = join(instanceDir(id), name);
+      if (name.startsWith('data.discard-')) {
+        await rm(path, { recursive: true, force: true });
+      } else if (name.startsWith('data.before-')) {
+        await stopStalePostmaster(live);
+        await rm(live, { recursive: true, force: true });
+        await rename(path, live);
+        log('warn', 'put the data back that an interrupted restore had moved aside', { instance: id, from: name });
+      }
+    }
+  }
+
+  /** Waits until a (re)started server is running, or has failed. */
+  async function settled(managed: Managed, timeoutMs = 120_000): Promise<{ status: string; reason?: string }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const state = managed.supervisor.state();
+      if (state.status === 'running' || state.status === 'failed') return state;
+      if (Date.now() > deadline) return { status: 'failed', reason: `not ready within ${timeoutMs / 1000} s` };
+      await sleep(100);
     }
   }
 
@@ -172,11 +209,60 @@ export function createInstanceManager({ dataDir, installs, runAs, faults }: Inst
           .then((text) => StoredInstance.parse(JSON.parse(text)))
           .catch((error: unknown) => log('error', 'ignoring an instance folder without a valid state.json', { instance: id, error: errorMessage(error) }));
         if (!stored || stored.id !== id) continue;
+        await undoUnfinishedSwap(id);
         const managed = manage(stored);
         instances.set(id, managed);
         managed.supervisor.start();
       }
     },
+
+    describe: (id): HostedInstance | undefined => {
+      const managed = instances.get(id);
+      if (!managed) return undefined;
+      return { spec: managed.stored.spec, port: managed.stored.port, paths: serverPaths(managed.stored), status: managed.supervisor.state().status };
+    },
+
+    replaceData: (id, data, tag) => serialized(id, async () => {
+      const managed = instances.get(id);
+      if (!managed) throw new Error(`no instance ${id} on this host`);
+      const live = serverPaths(managed.stored).data;
+      const aside = `${live}.before-${tag}`;
+      await managed.supervisor.stop();
+      await rm(aside, { recursive: true, force: true });
+      await rename(live, aside);
+      await rename(data, live);
+      managed.supervisor.start();
+      const state = await settled(managed);
+      if (state.status === 'running') {
+        log('info', 'instance data replaced', { instance: id, restore: tag });
+        // Renamed first (atomic): a half-removed folder must never look like data to put back (see resumeAll).
+        await rename(aside, `${live}.discard-${tag}`);
+        await rm(`${live}.discard-${tag}`, { recursive: true, force: true });
+        return;
+      }
+      // The old data comes back: a failed restore leaves the instance as it was.
+      log('error', 'restored data did not start; putting the old data back', { instance: id, reason: state.reason });
+      await managed.supervisor.stop();
+      await rm(live, { recursive: true, force: true });
+      await rename(aside, live);
+      managed.supervisor.start();
+      throw new Error(`the restored server did not start: ${state.reason ?? state.status}`);
+    }),
+
+    adopt: (id, spec, data) => serialized(id, async () => {
+      checkSpec(spec);
+      if (instances.has(id)) throw new Conflict(`instance ${id} already exists`);
+      await makePrivateDir(instanceDir(id), runAs);
+      await rename(data, join(instanceDir(id), 'data'));
+      const managed = await create(id, spec);
+      managed.supervisor.start();
+      const state = await settled(managed);
+      if (state.status === 'running') return;
+      await managed.supervisor.stop();
+      instances.delete(id);
+      await rm(instanceDir(id), { recursive: true, force: true });
+      throw new Error(`the restored server did not start: ${state.reason ?? state.status}`);
+    }),
 
     async stopAll() {
       await Promise.all([...instances.values()].map((m) => m.supervisor.stop()));

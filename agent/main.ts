@@ -1,7 +1,10 @@
 import { mkdirSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { KeyRing } from './backups/keyring.ts';
+import { createBackupService, walCommandScript } from './backups/service.ts';
 import { createFaults } from './faults.ts';
 import { findPostgresInstalls, inspectHost } from './host.ts';
 import { createInstanceManager } from './instances.ts';
@@ -15,44 +18,61 @@ const Env = z.object({
   DBPLANE_AGENT_SECRET: z.string().min(1),
   DBPLANE_AGENT_PORT: z.coerce.number().int().min(0).max(65535).default(0),
   DBPLANE_AGENT_FAULTS: z.enum(['0', '1']).default('0'),
+  /** Where backups and WAL go: one folder per zone (zone-a, zone-b, zone-c), stand-ins for S3 buckets. */
+  DBPLANE_AGENT_BACKUP_DIR: z.string().min(1).optional(),
+  // The master key (DBPLANE_MASTER_KEY_FILE locally, MASTER_KEY_ID with KMS) is read by #core/keys.ts when first needed.
 });
 
 const env = Env.parse(process.env);
 const dataDir = env.DBPLANE_AGENT_DATA_DIR;
 mkdirSync(dataDir, { recursive: true });
+const backupDir = env.DBPLANE_AGENT_BACKUP_DIR ?? join(dataDir, 'backups');
+mkdirSync(backupDir, { recursive: true, mode: 0o700 });
 
 const installs = findPostgresInstalls(fileURLToPath(new URL('../node_modules', import.meta.url)));
 const faults = createFaults();
 const runAs = await resolveRunAs();
-for (const path of [dataDir, ...installs.flatMap((i) => [i.binDir, i.libDir])]) {
+// The server user runs archive_command / restore_command: the agent's node binary and a script beside this file.
+for (const path of [dataDir, ...installs.flatMap((i) => [i.binDir, i.libDir]), dirname(process.execPath), dirname(walCommandScript)]) {
   await ensureTraversable(path, runAs, (message, dir) => log('info', message, { path: dir }));
 }
-const instances = createInstanceManager({ dataDir, installs, runAs, faults });
-await instances.resumeAll();
+const keys = new KeyRing();
+const backups = createBackupService({
+  dataDir, backupDir, secret: env.DBPLANE_AGENT_SECRET, runAs, installs, faults, keys, instances: () => instances,
+});
+const instances = createInstanceManager({ dataDir, installs, runAs, faults, serverSettings: backups.serverSettings });
 
 const server = createAgentServer(env.DBPLANE_AGENT_SECRET, {
   host: inspectHost(dataDir, installs),
   instances,
+  backups,
   faults: env.DBPLANE_AGENT_FAULTS === '1' ? faults : undefined,
 });
 
-server.listen(env.DBPLANE_AGENT_PORT, '127.0.0.1', () => {
-  const { port } = server.address() as AddressInfo;
-  process.stdout.write(`${JSON.stringify({ agent: 'listening', url: `http://127.0.0.1:${port}` })}\n`);
-  log('info', 'agent listening', { port, versions: installs.map((i) => i.version), faults: env.DBPLANE_AGENT_FAULTS === '1' });
-});
+// Listen first: the servers' archive_command must name the agent's port, known only now. The
+// "listening" line comes once the instances are back.
+await new Promise<void>((resolve) => server.listen(env.DBPLANE_AGENT_PORT, '127.0.0.1', resolve));
+const { port } = server.address() as AddressInfo;
+backups.setAgentUrl(`http://127.0.0.1:${port}`);
+await backups.cleanup();
+await instances.resumeAll();
+process.stdout.write(`${JSON.stringify({ agent: 'listening', url: `http://127.0.0.1:${port}` })}\n`);
+log('info', 'agent listening', { port, versions: installs.map((i) => i.version), faults: env.DBPLANE_AGENT_FAULTS === '1' });
 
 let shuttingDown = false;
 
-/** Stops every server (fast shutdown) before exiting, so a stopped agent leaves no postgres behind. */
+/**
+ * Stops every server (fast shutdown) before exiting, so a stopped agent leaves no postgres behind.
+ * The HTTP server closes after them: a server's last archive_command still reaches the agent.
+ */
 async function shutdown(signal: NodeJS.Signals): Promise<void> {
   if (shuttingDown) return;
   shuttingDown = true;
   log('info', 'agent stopping', { signal });
-  server.close();
-  server.closeAllConnections();
   try {
-    await instances.stopAll();
+    await Promise.all([instances.stopAll(), backups.stopAll()]);
+    server.close();
+    server.closeAllConnections();
     process.exit(0);
   } catch (error) {
     log('error', 'agent stopped with errors', { error: errorMessage(error) });

@@ -110,6 +110,8 @@ const managedSettings = new Set([
   'listen_addresses', 'port', 'unix_socket_directories', 'unix_socket_group', 'unix_socket_permissions',
   'password_encryption', 'logging_collector', 'log_directory', 'data_directory', 'hba_file', 'ident_file',
   'config_file', 'external_pid_file', 'include', 'include_dir', 'include_if_exists',
+  // WAL archiving belongs to the agent (backups/service.ts).
+  'archive_mode', 'archive_command', 'archive_library', 'restore_command',
 ]);
 
 /** Problems with requested settings, keyed by setting name; empty when all can be written safely. */
@@ -123,22 +125,26 @@ export function settingsProblems(settings: PostgresSettings): Record<string, str
   return problems;
 }
 
-function quote(value: string): string {
+export function quoteSetting(value: string): string {
   return `'${value.replaceAll('\\', '\\\\').replaceAll("'", "''")}'`;
 }
 
 /** Rewritten before every start, so the file always matches the instance's current spec. */
-export async function writeServerConfig(paths: ServerPaths, port: number, settings: PostgresSettings, runAs: RunAs | undefined): Promise<void> {
+export async function writeServerConfig(
+  paths: ServerPaths, port: number, settings: PostgresSettings, runAs: RunAs | undefined, extraLines: string[] = [],
+): Promise<void> {
   const lines = [
     '# written by the dbplane agent before every start; edits here are lost',
-    ...Object.entries(settings).map(([name, value]) => `${name} = ${quote(value)}`),
+    ...Object.entries(settings).map(([name, value]) => `${name} = ${quoteSetting(value)}`),
     // After the requested settings, so these win even if one slipped through.
     `listen_addresses = '127.0.0.1'`,
     `port = ${port}`,
-    `unix_socket_directories = ${quote(paths.socket)}`,
+    `unix_socket_directories = ${quoteSetting(paths.socket)}`,
     `password_encryption = 'scram-sha-256'`,
     'logging_collector = on',
-    `log_directory = ${quote(paths.log)}`,
+    `log_directory = ${quoteSetting(paths.log)}`,
+    // Last, so they win: archiving, or a restore's recovery settings.
+    ...extraLines,
     '',
   ];
   await writeOwnedFile(join(paths.data, 'dbplane.conf'), lines.join('\n'), runAs);

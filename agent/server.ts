@@ -1,10 +1,11 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { z } from 'zod';
-import { EnsureInstance, Fault, InstanceId, type HostInfo } from '#core/agent-api.ts';
+import { BackupId, EnsureInstance, Fault, InstanceId, RestoreId, StartBackup, StartRestore, type HostInfo } from '#core/agent-api.ts';
 import {
   BadRequest, DomainError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType,
 } from '#core/errors.ts';
+import type { BackupService } from './backups/service.ts';
 import type { Faults } from './faults.ts';
 import type { InstanceManager } from './instances.ts';
 import { errorMessage, log } from './log.ts';
@@ -12,6 +13,7 @@ import { errorMessage, log } from './log.ts';
 export interface AgentServices {
   host: HostInfo;
   instances: InstanceManager;
+  backups: BackupService;
   /** Present only when fault injection is enabled; otherwise the fault routes do not exist. */
   faults?: Faults;
 }
@@ -19,18 +21,35 @@ export interface AgentServices {
 interface Reply {
   status: number;
   body?: unknown;
+  headers?: Record<string, string>;
+  /** A binary body (WAL) instead of JSON. */
+  bytes?: Buffer;
+  /** A streamed body (downloads): writes to the response and ends it. */
+  stream?: (res: ServerResponse) => Promise<void>;
 }
 
-type Handler = (params: Record<string, string>, body: () => Promise<unknown>) => Promise<Reply>;
+interface Context {
+  req: IncomingMessage;
+  query: URLSearchParams;
+}
+
+type Handler = (params: Record<string, string>, body: () => Promise<unknown>, context: Context) => Promise<Reply>;
+
+/**
+ * `secret`: the agent secret (the control plane). `wal`: the per-database token of the server's own
+ * archive_command / restore_command. `signature`: none here; the handler checks a signed URL.
+ */
+type Auth = 'secret' | 'wal' | 'signature';
 
 interface Route {
   path: RegExp;
+  auth?: Auth;
   methods: Record<string, Handler>;
 }
 
 const maxBodyBytes = 1024 * 1024;
 
-function routes({ host, instances, faults }: AgentServices): Route[] {
+function routes({ host, instances, backups, faults }: AgentServices): Route[] {
   const table: Route[] = [
     { path: /^\/v1\/host$/, methods: { GET: async () => ({ status: 200, body: host }) } },
     {
@@ -48,6 +67,85 @@ function routes({ host, instances, faults }: AgentServices): Route[] {
         DELETE: async ({ id }) => {
           await instances.remove(parse(InstanceId, id, '/id'));
           return { status: 204 };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/backups\/(?<backupId>[^/]+)$/,
+      methods: {
+        PUT: async ({ id, backupId }, body) => {
+          const { created, job } = await backups.startBackup(
+            parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'), parse(StartBackup, await body(), '/body'));
+          return { status: created ? 202 : 200, body: job };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/archives\/(?<id>[^/]+)\/backups\/(?<backupId>[^/]+)$/,
+      methods: {
+        GET: async ({ id, backupId }) => {
+          const job = await backups.getBackup(parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'));
+          if (!job) throw new NotFound(`no backup ${backupId} of ${id}`);
+          return { status: 200, body: job };
+        },
+        DELETE: async ({ id, backupId }) => {
+          await backups.deleteBackup(parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'));
+          return { status: 204 };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/archives\/(?<id>[^/]+)$/,
+      methods: {
+        GET: async ({ id }) => ({ status: 200, body: await backups.summary(parse(InstanceId, id, '/id')) }),
+        DELETE: async ({ id }) => {
+          await backups.purge(parse(InstanceId, id, '/id'));
+          return { status: 204 };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/archives\/(?<id>[^/]+)\/wal\/(?<file>[^/]+)$/,
+      auth: 'wal',
+      methods: {
+        POST: async ({ id, file }, _, { req }) => {
+          await backups.archiveWal(parse(InstanceId, id, '/id'), file, req);
+          return { status: 204 };
+        },
+        GET: async ({ id, file }) => {
+          const bytes = await backups.fetchWal(parse(InstanceId, id, '/id'), file);
+          if (!bytes) throw new NotFound(`no WAL file ${file} in the archive of ${id}`);
+          return { status: 200, bytes, headers: { 'content-type': 'application/octet-stream' } };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/restores\/(?<restoreId>[^/]+)$/,
+      methods: {
+        PUT: async ({ id, restoreId }, body) => {
+          const { created, job } = await backups.startRestore(
+            parse(InstanceId, id, '/id'), parse(RestoreId, restoreId, '/restoreId'), parse(StartRestore, await body(), '/body'));
+          return { status: created ? 202 : 200, body: job };
+        },
+        GET: async ({ id, restoreId }) => {
+          const job = await backups.getRestore(parse(InstanceId, id, '/id'), parse(RestoreId, restoreId, '/restoreId'));
+          if (!job) throw new NotFound(`no restore ${restoreId} of ${id}`);
+          return { status: 200, body: job };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/downloads\/(?<id>[^/]+)\/(?<backupId>[^/]+)$/,
+      auth: 'signature',
+      methods: {
+        GET: async ({ id, backupId }, _, { query }) => {
+          const download = await backups.download(
+            parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'), query.get('expires'), query.get('signature'));
+          return {
+            status: 200,
+            headers: { 'content-type': 'application/x-tar', 'content-disposition': `attachment; filename="${download.filename}"` },
+            stream: (res) => download.open(res),
+          };
         },
       },
     },
@@ -89,21 +187,40 @@ export function createAgentServer(secret: string, services: AgentServices): Serv
   return createServer((req, res) => {
     const requestId = randomUUID();
     handle(req)
-      .then((reply) => send(res, reply.status, reply.body))
+      .then(async (reply) => {
+        if (reply.stream) {
+          res.writeHead(reply.status, reply.headers ?? {});
+          await reply.stream(res).catch((error: unknown) => {
+            // The status is sent: all that is left is to cut the body short, so the client sees a failure.
+            log('error', 'streamed response failed', { requestId, url: req.url, error: errorMessage(error) });
+            res.destroy();
+          });
+        } else if (reply.bytes) {
+          res.writeHead(reply.status, reply.headers ?? {}).end(reply.bytes);
+        } else {
+          send(res, reply.status, reply.body, 'application/json', reply.headers);
+        }
+      })
       .catch((error: unknown) => sendProblem(res, error, requestId, req));
   });
 
   async function handle(req: IncomingMessage): Promise<Reply> {
-    if (!authorized(req)) throw new Unauthorized('a valid agent secret is required');
-    const path = new URL(req.url ?? '/', 'http://agent').pathname;
+    const url = new URL(req.url ?? '/', 'http://agent');
     for (const route of table) {
-      const match = route.path.exec(path);
+      const match = route.path.exec(url.pathname);
       if (!match) continue;
+      const params = match.groups ?? {};
+      const auth = route.auth ?? 'secret';
+      if (auth === 'secret' && !authorized(req)) throw new Unauthorized('a valid agent secret is required');
+      if (auth === 'wal' && !services.backups.checkWalToken(params.id ?? '', req.headers.authorization)) {
+        throw new Unauthorized('a valid WAL token is required');
+      }
       const handler = route.methods[req.method ?? ''];
       if (!handler) throw new MethodNotAllowed(`${req.method} is not allowed here`, { headers: { allow: Object.keys(route.methods).join(', ') } });
-      return handler(match.groups ?? {}, () => readJson(req));
+      return handler(params, () => readJson(req), { req, query: url.searchParams });
     }
-    throw new NotFound(`no route for ${path}`);
+    if (!authorized(req)) throw new Unauthorized('a valid agent secret is required');
+    throw new NotFound(`no route for ${url.pathname}`);
   }
 }
 

@@ -11,6 +11,10 @@ export interface SpawnAgentOptions {
   port?: number;
   /** Enables the fault-injection routes (tests only). */
   faults?: boolean;
+  /** The local master key file that wraps data keys (DBPLANE_MASTER_KEY_FILE); created if missing. Default: inherited from the environment. */
+  masterKeyFile?: string;
+  /** Where backups and WAL go, one folder per zone. Default: `<dataDir>/backups`. */
+  backupDir?: string;
 }
 
 export interface AgentProcess {
@@ -25,7 +29,7 @@ const startTimeoutMs = 30_000;
 const stopTimeoutMs = 15_000;
 
 /** Starts the agent as a child process (its own process group) and resolves once it listens. */
-export async function spawnAgent({ dataDir, secret, port = 0, faults = false }: SpawnAgentOptions): Promise<AgentProcess> {
+export async function spawnAgent({ dataDir, secret, port = 0, faults = false, masterKeyFile, backupDir }: SpawnAgentOptions): Promise<AgentProcess> {
   const tsx = fileURLToPath(new URL('../node_modules/.bin/tsx', import.meta.url));
   const child = spawn(tsx, [fileURLToPath(new URL('./main.ts', import.meta.url))], {
     detached: true,
@@ -38,6 +42,8 @@ export async function spawnAgent({ dataDir, secret, port = 0, faults = false }: 
       DBPLANE_AGENT_SECRET: secret,
       DBPLANE_AGENT_PORT: String(port),
       DBPLANE_AGENT_FAULTS: faults ? '1' : '0',
+      ...(masterKeyFile ? { DBPLANE_MASTER_KEY_FILE: masterKeyFile } : {}),
+      ...(backupDir ? { DBPLANE_AGENT_BACKUP_DIR: backupDir } : {}),
     },
   });
   const exited = new Promise<void>((resolve) => {

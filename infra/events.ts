@@ -1,11 +1,15 @@
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
+import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { Construct } from 'constructs';
+import type { WorkflowName } from '../functions/core/config.ts';
 import { eventRules, type EventRule } from '../functions/events/rules.ts';
 import { DbplaneFunction, type SharedResources } from './function.ts';
 
 export interface EventHandlersProps {
   readonly shared: SharedResources;
+  /** Handlers may start long operations (e.g. the backup after a restore). */
+  readonly stateMachines: Readonly<Record<WorkflowName, sfn.StateMachine>>;
   /**
    * The rules to deploy.
    * @default eventRules from functions/events/rules.ts
@@ -28,6 +32,7 @@ export class EventHandlers extends Construct {
         entry: rule.entry,
         handler: rule.handler,
         shared: props.shared,
+        stateMachines: props.stateMachines,
         description: `event rule ${rule.id}`,
       });
       rules[rule.id] = new events.Rule(this, `${rule.id}Rule`, {

@@ -44,7 +44,7 @@ export class DbplaneStack extends Stack {
     const { stateMachines } = this.workflows;
     this.api = new Api(this, 'Api', { shared, stateMachines });
     this.schedules = new Schedules(this, 'Schedules', { shared, stateMachines });
-    this.eventHandlers = new EventHandlers(this, 'Events', { shared });
+    this.eventHandlers = new EventHandlers(this, 'Events', { shared, stateMachines });
     acknowledgeNagFindings(this);
   }
 }

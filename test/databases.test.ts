@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ApiClient, apiClient, newTenant } from './helpers/api.ts';
+import { connect, createRunning } from './helpers/databases.ts';
 import { startTestRuntime } from './helpers/runtime.ts';
 
 /** The databases API end to end: real DynamoDB Local, state machines from the CDK template, real PostgreSQL. */
@@ -10,22 +11,6 @@ let admin: ApiClient;
 let alice: Awaited<ReturnType<typeof newTenant>>;
 let bob: Awaited<ReturnType<typeof newTenant>>;
 
-async function connect(url: string, password: string) {
-  const parsed = new URL(url);
-  parsed.password = password;
-  const client = new pg.Client({ connectionString: parsed.toString() });
-  await client.connect();
-  return client;
-}
-
-async function createRunning(api: ApiClient, name: string, plan = 'starter-512') {
-  const created = await api.post('/databases', { name, engine: 'postgresql', plan });
-  expect(created.status, JSON.stringify(created.body)).toBe(202);
-  const operation = await api.waitForOperation(created.body.operation.id);
-  expect(operation.status, operation.error).toBe('succeeded');
-  const database = await api.get(`/databases/${created.body.database.id}`);
-  return { id: created.body.database.id as string, password: created.body.password as string, database: database.body, operation };
-}
 
 beforeAll(async () => {
   runtime = await startTestRuntime({ agentFaults: true });

@@ -23,6 +23,8 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   DELETE /v1/archives/{id}                        → 204 (purge: every backup and WAL segment of the database)
  *   PUT    /v1/instances/{id}/restores/{restoreId}  StartRestore → RestoreJob (starts in the background; idempotent)
  *   GET    /v1/instances/{id}/restores/{restoreId}  → RestoreJob | 404
+ *   POST/GET /v1/archives/{id}/wal/{file}           (archive_command / restore_command of the servers only: a
+ *          per-database token, never the agent secret)
  *   GET    /v1/downloads/{id}/{backupId}?expires=&signature=   → the decrypted archive (no bearer: the signature
  *          is an HMAC of the path and expiry made with `downloadSignature`; refused once expired)
  * Errors: `application/problem+json` with `type`, `title`, `status`, `detail`.
@@ -87,7 +89,7 @@ export const BackupCopy = z.object({
 
 export const StartBackup = z.object({
   /** Recorded with the backup; the agent treats every kind alike (a base backup plus the WAL to make it consistent). */
-  kind: z.enum(['scheduled', 'manual', 'pre_restore']),
+  kind: z.enum(['scheduled', 'manual', 'pre_restore', 'post_restore']),
 });
 export type StartBackup = z.infer<typeof StartBackup>;
 

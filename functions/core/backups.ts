@@ -67,7 +67,7 @@ function requireDataKey(database: Database): void {
  * Starts a Backup operation (it holds the database's lock; the database keeps serving). A scheduled
  * backup also claims its UTC day, so the scheduler starts at most one a day.
  */
-export async function startBackupOperation(deps: Deps, database: Database, kind: 'manual' | 'scheduled'): Promise<{ backup: Backup; operation: Operation }> {
+export async function startBackupOperation(deps: Deps, database: Database, kind: 'manual' | 'scheduled' | 'post_restore'): Promise<{ backup: Backup; operation: Operation }> {
   requireDataKey(database);
   const now = (deps.now ?? (() => new Date()))();
   const at = now.toISOString();
@@ -79,6 +79,19 @@ export async function startBackupOperation(deps: Deps, database: Database, kind:
     extraItems: [{ Put: { TableName: deps.store.table, Item: deps.store.backupItem(backup) } }],
   });
   return { backup, operation: await startWorkflow(deps, 'Backup', operation) };
+}
+
+/**
+ * After a restore succeeded, a fresh base backup: the restored data runs on a new WAL timeline, so
+ * point-in-time recovery to instants after the restore needs a base taken on it. Runs once per restore.
+ */
+export async function backupAfterRestore(deps: Deps, restore: Pick<Operation, 'id' | 'databaseId' | 'kind' | 'status' | 'finishedAt'>) {
+  if (restore.kind !== 'restore' || restore.status !== 'succeeded' || !restore.finishedAt) return undefined;
+  const database = await deps.store.getDatabase(restore.databaseId);
+  if (database?.status !== 'running') return undefined;
+  const backups = await deps.store.listBackups(database.id);
+  if (backups.some((b) => b.kind === 'post_restore' && b.startedAt >= restore.finishedAt!)) return undefined;
+  return startBackupOperation(deps, database, 'post_restore');
 }
 
 export async function requestBackup(deps: Deps, caller: Caller, idOrName: string) {
@@ -164,18 +177,20 @@ export interface RecoveryWindow {
 
 /**
  * From the oldest backup inside the point-in-time window (or the window's start, when an older backup
- * is its base) to the last archived WAL.
+ * is its base) to now for a live database (a restore first archives its current WAL, see the agent),
+ * or to the last archived WAL for a deleted one.
  */
 export async function recoveryWindow(deps: BackupDeps, database: Database): Promise<RecoveryWindow> {
   const now = (deps.now ?? (() => new Date()))();
-  const completed = (await deps.store.listBackups(database.id)).filter((b) => b.status === 'completed' && b.consistentAt);
-  if (completed.length === 0) return {};
-  const oldest = completed.map((b) => b.consistentAt!).sort()[0];
+  const consistent = (await deps.store.listBackups(database.id))
+    .filter((b) => b.status === 'completed' && b.consistentAt).map((b) => b.consistentAt!).sort();
+  if (consistent.length === 0) return {};
   const windowStart = new Date(now.getTime() - effectivePolicy(database).pointInTimeDays * dayMs).toISOString();
-  const newest = completed.map((b) => b.consistentAt!).sort().at(-1)!;
+  const earliest = consistent[0] > windowStart ? consistent[0] : windowStart;
+  if (database.status === 'running') return { earliest, latest: now.toISOString() };
   const { lastWalArchivedAt } = await deps.agent.archive(database.id);
-  const latest = lastWalArchivedAt && lastWalArchivedAt > newest ? lastWalArchivedAt : newest;
-  return { earliest: oldest > windowStart ? oldest : windowStart, latest };
+  const newest = consistent.at(-1)!;
+  return { earliest, latest: lastWalArchivedAt && lastWalArchivedAt > newest ? lastWalArchivedAt : newest };
 }
 
 export const RestoreRequest = z.object({

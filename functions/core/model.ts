@@ -82,7 +82,7 @@ export const Operation = z.object({
 });
 export type Operation = z.infer<typeof Operation>;
 
-export const BackupKind = z.enum(['scheduled', 'manual', 'pre_restore']);
+export const BackupKind = z.enum(['scheduled', 'manual', 'pre_restore', 'post_restore']);
 export type BackupKind = z.infer<typeof BackupKind>;
 export const BackupStatus = z.enum(['running', 'completed', 'failed']);
 

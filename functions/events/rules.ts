@@ -23,4 +23,10 @@ export const eventRules: readonly EventRule[] = [
     entry: 'functions/events/audit-trail.ts',
     handler: 'handler',
   },
+  {
+    id: 'BackupAfterRestore',
+    pattern: { source: [eventSource], 'detail-type': [detailTypes.operationFinished] },
+    entry: 'functions/events/backup-after-restore.ts',
+    handler: 'handler',
+  },
 ];

@@ -1,0 +1,682 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { createGunzip, createGzip } from 'node:zlib';
+import pg from 'pg';
+import { z } from 'zod';
+import {
+  BackupJob, downloadSignature, RestoreJob, WrappedKey,
+  type ArchiveSummary, type EnsureInstance, type Instance, type StartBackup, type StartRestore,
+} from '#core/agent-api.ts';
+import { majorOf } from '#core/catalog.ts';
+import { BadRequest, Conflict, Forbidden, NotFound, Unprocessable } from '#core/errors.ts';
+import type { Faults } from '../faults.ts';
+import type { PostgresInstall } from '../host.ts';
+import { errorMessage, log } from '../log.ts';
+import {
+  adminRole, makePrivateDir, quoteSetting, spawnPostmaster, stopStalePostmaster, writeServerConfig, type RunAs, type ServerPaths,
+} from '../postgres.ts';
+import { createDecryptor, createEncryptor } from './crypto.ts';
+import type { KeyRing } from './keyring.ts';
+import { ObjectStore, type PutResult } from './store.ts';
+import { TarAppender, tarEntry } from './tar.ts';
+
+/** What the backup service needs to know of, and do to, the instances on this host. */
+export interface HostedInstance {
+  spec: EnsureInstance;
+  port: number;
+  paths: ServerPaths;
+  status: Instance['status'];
+}
+
+export interface InstanceAccess {
+  describe(id: string): HostedInstance | undefined;
+  /** Stops the server, swaps `data` in, starts it; puts the old data back (and throws) if it does not become ready. */
+  replaceData(id: string, data: string, tag: string): Promise<void>;
+  /** Creates instance `id` from `spec` around an existing data directory; removes it again (and throws) if it does not become ready. */
+  adopt(id: string, spec: EnsureInstance, data: string): Promise<void>;
+}
+
+export interface BackupServiceOptions {
+  dataDir: string;
+  /** The local stand-in for S3: one folder per zone under it. */
+  backupDir: string;
+  secret: string;
+  runAs: RunAs | undefined;
+  installs: PostgresInstall[];
+  faults: Faults;
+  keys: KeyRing;
+  instances: () => InstanceAccess;
+}
+
+/** The per-database token the server's archive_command and restore_command present to the agent. */
+export function walToken(secret: string, databaseId: string): string {
+  return createHmac('sha256', `dbplane-wal:${secret}`).update(databaseId).digest('base64url');
+}
+
+export const walCommandScript = fileURLToPath(new URL('./wal-command.mjs', import.meta.url));
+
+/** What `<zone>/<databaseId>/base/<backupId>.json` holds next to the encrypted archive. */
+const BackupMeta = z.object({
+  job: BackupJob,
+  kind: z.string(),
+  /** The server version that wrote it ("major.minor"): a restore needs the same major. */
+  version: z.string(),
+  /** The data key it is sealed with, wrapped by the master key (envelope encryption): downloads and restores outlive the instance. */
+  wrappedKey: WrappedKey,
+});
+type BackupMeta = z.infer<typeof BackupMeta>;
+
+const WalMeta = z.object({ sha256: z.string(), sizeBytes: z.number(), keyVersion: z.number(), archivedAt: z.string() });
+
+const StoredRestore = z.object({ job: RestoreJob });
+
+const walName = /^[0-9A-Za-z._-]{1,64}$/;
+const walSegment = /^[0-9A-F]{24}$/;
+const walSegmentBytes = 16 * 1024 * 1024;
+/** Folders whose contents a base backup leaves out (as pg_basebackup does): recreated empty by the restore. */
+const emptiedDirs = ['pg_wal', 'pg_replslot', 'pg_dynshmem', 'pg_notify', 'pg_serial', 'pg_snapshots', 'pg_stat_tmp', 'pg_subtrans'];
+const recoveryTimeoutMs = 10 * 60_000;
+
+const baseKey = (db: string, backupId: string) => `${db}/base/${backupId}.tar.gz.enc`;
+const baseMetaKey = (db: string, backupId: string) => `${db}/base/${backupId}.json`;
+const walKey = (db: string, file: string) => `${db}/wal/${file}.enc`;
+const walMetaKey = (db: string, file: string) => `${db}/wal/${file}.json`;
+
+export type BackupService = ReturnType<typeof createBackupService>;
+
+export function createBackupService(options: BackupServiceOptions) {
+  const { dataDir, secret, runAs, installs, faults, keys } = options;
+  const store = new ObjectStore(options.backupDir);
+  const restoresDir = join(dataDir, 'restores');
+  const socketsDir = join(dataDir, 'sockets');
+  const tokensDir = join(dataDir, 'wal-tokens');
+  /** Scratch servers of restores in progress: stopped with the agent. */
+  const scratchServers = new Set<ChildProcess>();
+  const runningBackups = new Map<string, BackupMeta>();
+  const runningRestores = new Map<string, RestoreJob>();
+  const queues = new Map<string, Promise<unknown>>();
+  let agentUrl: string | undefined;
+
+  /** Backups and restores of one database run one after the other. */
+  function exclusive<T>(id: string, task: () => Promise<T>): Promise<T> {
+    const result = (queues.get(id) ?? Promise.resolve()).then(task);
+    const settled = result.catch(() => undefined);
+    queues.set(id, settled);
+    void settled.then(() => { if (queues.get(id) === settled) queues.delete(id); });
+    return result;
+  }
+
+  function walUrl(databaseId: string): string {
+    if (!agentUrl) throw new Error('the agent does not know its own URL yet');
+    return `${agentUrl}/v1/archives/${databaseId}/wal/%f`;
+  }
+
+  /**
+   * The command reads the database's token from a file only the server's user can read: in argv or in
+   * the command string (which `sh -c` shows in /proc) any local user could see it.
+   */
+  async function walCommand(verb: 'push' | 'fetch', databaseId: string, path: string): Promise<string> {
+    await makePrivateDir(tokensDir, runAs);
+    const tokenFile = join(tokensDir, databaseId);
+    await writeOwned(tokenFile, `${walToken(secret, databaseId)}\n`);
+    return `'${process.execPath}' '${walCommandScript}' ${verb} '${walUrl(databaseId)}' '${path}' '${tokenFile}'`;
+  }
+
+  /**
+   * The lines a server of `databaseId` gets in dbplane.conf: with a data key, WAL goes to the database's
+   * own archive (and comes back from it), sealed with that key, which is unwrapped and kept in memory here.
+   */
+  async function serverSettings(databaseId: string, dataKey: WrappedKey | undefined): Promise<string[]> {
+    if (!dataKey) return [];
+    await keys.add(databaseId, dataKey, true);
+    return [
+      'wal_level = replica',
+      'archive_mode = on',
+      'archive_timeout = 60',
+      `archive_command = ${quoteSetting(await walCommand('push', databaseId, '%p'))}`,
+      `restore_command = ${quoteSetting(await walCommand('fetch', databaseId, '%p'))}`,
+    ];
+  }
+
+  // ---- WAL
+
+  function checkWalToken(databaseId: string, authorization: string | undefined): boolean {
+    const expected = createHash('sha256').update(`Bearer ${walToken(secret, databaseId)}`).digest();
+    return timingSafeEqual(createHash('sha256').update(authorization ?? '').digest(), expected);
+  }
+
+  /** Answers only once every copy is durable and verified: PostgreSQL retries archive_command until then. */
+  async function archiveWal(databaseId: string, file: string, body: IncomingMessage): Promise<void> {
+    if (!walName.test(file)) throw new BadRequest(`not a WAL file name: ${file}`);
+    let sealing = keys.sealing(databaseId);
+    const dataKey = options.instances().describe(databaseId)?.spec.dataKey;
+    if (!sealing && dataKey) {
+      await keys.add(databaseId, dataKey, true);
+      sealing = keys.sealing(databaseId);
+    }
+    if (!sealing) throw new Conflict(`the agent holds no data key for ${databaseId}`);
+    const result = await putThrough(walKey(databaseId, file), body, createGzip({ level: 1 }), createEncryptor(sealing.key, sealing.version));
+    const bad = result.copies.filter((c) => !c.ok).map((c) => c.zone);
+    if (bad.length > 0) throw new Error(`WAL file ${file} of ${databaseId}: the copies in ${bad.join(', ')} could not be verified`);
+    await store.putJson(walMetaKey(databaseId, file), {
+      sha256: result.sha256, sizeBytes: result.sizeBytes, keyVersion: sealing.version, archivedAt: new Date().toISOString(),
+    });
+  }
+
+  /** The decrypted file, from the first good copy; undefined when the archive does not have it. */
+  async function fetchWal(databaseId: string, file: string): Promise<Buffer | undefined> {
+    if (!walName.test(file)) throw new BadRequest(`not a WAL file name: ${file}`);
+    const parsed = WalMeta.safeParse(await store.getJson(walMetaKey(databaseId, file)));
+    if (!parsed.success) return undefined;
+    const what = `WAL file ${file} of ${databaseId}`;
+    return store.readFirstGood(walKey(databaseId, file), parsed.data.sha256, what, async (copy, zone) => {
+      const chunks: Buffer[] = [];
+      await pipeline(copy, createDecryptor(keys.opener(databaseId), `${what} in ${zone}`), createGunzip(), async (source: AsyncIterable<Buffer>) => {
+        for await (const chunk of source) chunks.push(chunk);
+      });
+      return Buffer.concat(chunks);
+    });
+  }
+
+  async function putThrough(key: string, source: Readable, ...stages: NodeJS.ReadWriteStream[]): Promise<PutResult> {
+    let result: PutResult | undefined;
+    await (pipeline as (...streams: unknown[]) => Promise<void>)(source, ...stages, async (sealed: AsyncIterable<Buffer>) => {
+      result = await store.put(key, sealed);
+    });
+    return result!;
+  }
+
+  // ---- base backups
+
+  async function findBackup(databaseId: string, backupId: string): Promise<BackupMeta | undefined> {
+    const running = runningBackups.get(`${databaseId}/${backupId}`);
+    if (running) return running;
+    const parsed = BackupMeta.safeParse(await store.getJson(baseMetaKey(databaseId, backupId)));
+    if (!parsed.success) return undefined;
+    const meta = parsed.data;
+    // Not running here, yet recorded as running: the agent stopped midway. Its copies were never reported.
+    if (meta.job.status === 'running') {
+      return { ...meta, job: { ...meta.job, status: 'failed', copies: [], reason: 'interrupted: the agent stopped while the backup was running' } };
+    }
+    return meta;
+  }
+
+  async function startBackup(id: string, backupId: string, request: StartBackup): Promise<{ created: boolean; job: BackupJob }> {
+    return exclusiveStart(`backup:${id}/${backupId}`, async () => {
+      const existing = await findBackup(id, backupId);
+      if (existing) return { created: false, job: existing.job };
+      const instance = options.instances().describe(id);
+      if (!instance) throw new NotFound(`no instance ${id} on this host`);
+      if (!instance.spec.dataKey) throw new Unprocessable(`instance ${id} has no data key: nothing of it can be backed up`);
+      const meta: BackupMeta = {
+        job: { id: backupId, databaseId: id, status: 'running', startedAt: new Date().toISOString(), copies: [], keyVersion: instance.spec.dataKey.version },
+        kind: request.kind,
+        version: instance.spec.version,
+        wrappedKey: instance.spec.dataKey,
+      };
+      runningBackups.set(`${id}/${backupId}`, meta);
+      await store.putJson(baseMetaKey(id, backupId), meta);
+      void exclusive(id, () => runBackup(meta)).then(
+        (done) => finishBackup(meta, done),
+        (error: unknown) => finishBackup(meta, { ...meta.job, status: 'failed', finishedAt: new Date().toISOString(), copies: [], reason: errorMessage(error) }),
+      );
+      return { created: true, job: meta.job };
+    });
+  }
+
+  async function finishBackup(meta: BackupMeta, job: BackupJob): Promise<void> {
+    const done = { ...meta, job };
+    if (job.status === 'failed') {
+      log('error', 'backup failed', { instance: job.databaseId, backup: job.id, reason: job.reason });
+      await store.remove(baseKey(job.databaseId, job.id)).catch(() => undefined);
+    } else {
+      log('info', 'backup completed', { instance: job.databaseId, backup: job.id, sizeBytes: job.sizeBytes });
+    }
+    await store.putJson(baseMetaKey(job.databaseId, job.id), done)
+      .catch((error: unknown) => log('error', 'could not record a backup', { backup: job.id, error: errorMessage(error) }));
+    runningBackups.delete(`${job.databaseId}/${job.id}`);
+  }
+
+  /**
+   * The low-level backup API, as WAL-G and pgBackRest use it: pg_backup_start in a session kept open,
+   * a tar of the data directory, pg_backup_stop (which waits until the WAL it needs is archived), then
+   * backup_label, tablespace_map and that WAL appended to the tar, so the archive alone starts a server.
+   */
+  async function runBackup(meta: BackupMeta): Promise<BackupJob> {
+    const { databaseId: id } = meta.job;
+    const fault = faults.take('backup', id);
+    if (fault) throw new Error(fault.message);
+    const instance = options.instances().describe(id);
+    if (!instance || instance.status !== 'running') throw new Error(`instance ${id} is not running`);
+    await keys.add(id, meta.wrappedKey, false);
+    const key = keys.opener(id)(meta.wrappedKey.version)!;
+    const major = majorOf(instance.spec.version);
+    const client = await connectAdmin(instance.paths.socket, instance.port);
+    let consistentAt: string | undefined;
+    try {
+      const label = `dbplane ${meta.job.id}`;
+      await client.query(major >= 15 ? 'SELECT pg_backup_start($1, true)' : 'SELECT pg_start_backup($1, true, false)', [label]);
+      const tar = spawn('tar', [
+        '-c', '-b', '1', '-f', '-', '-C', instance.paths.data,
+        ...emptiedDirs.map((d) => `--exclude=./${d}/*`),
+        '--exclude=./postmaster.pid', '--exclude=./postmaster.opts', '--exclude=./backup_label', '--exclude=./tablespace_map',
+        '--exclude=./dbplane.conf', '--exclude=./recovery.signal', '--exclude=./standby.signal',
+        '.',
+      ], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const tarDone = exitOf(tar, 'tar', [0, 1]);
+      const owner = runAs ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+      const appender = new TarAppender(async () => {
+        await tarDone;
+        const stop = major >= 15
+          ? 'SELECT labelfile, spcmapfile, pg_walfile_name(lsn) AS stop_wal FROM pg_backup_stop(true)'
+          : 'SELECT labelfile, spcmapfile, pg_walfile_name(lsn) AS stop_wal FROM pg_stop_backup(false, true)';
+        const { rows: [stopped] } = await client.query<{ labelfile: string; spcmapfile: string | null; stop_wal: string }>(stop);
+        consistentAt = new Date().toISOString();
+        const startWal = /START WAL LOCATION: .* \(file ([0-9A-F]{24})\)/.exec(stopped.labelfile)?.[1];
+        if (!startWal) throw new Error('pg_backup_stop returned a backup_label without its start WAL file');
+        const entries = [
+          tarEntry('./backup_label', Buffer.from(stopped.labelfile), owner),
+          // postgresql.conf includes it: the agent writes the real one before any start of its own.
+          tarEntry('./dbplane.conf', Buffer.from('# written by the dbplane agent before every start of its own servers\n'), owner),
+        ];
+        if (stopped.spcmapfile) entries.push(tarEntry('./tablespace_map', Buffer.from(stopped.spcmapfile), owner));
+        for (const segment of walRange(startWal, stopped.stop_wal)) {
+          const wal = await fetchWal(id, segment);
+          if (!wal) throw new Error(`WAL file ${segment}, needed by the backup, is not in the archive`);
+          entries.push(tarEntry(`./pg_wal/${segment}`, wal, owner));
+        }
+        return entries;
+      });
+      const result = await putThrough(baseKey(id, meta.job.id), tar.stdout, appender, createGzip({ level: 1 }), createEncryptor(key, meta.wrappedKey.version));
+      const bad = result.copies.filter((c) => !c.ok).map((c) => c.zone);
+      const finishedAt = new Date().toISOString();
+      return {
+        ...meta.job,
+        status: bad.length === 0 ? 'completed' : 'failed',
+        finishedAt, consistentAt, sizeBytes: result.sizeBytes, sha256: result.sha256, copies: result.copies,
+        ...(bad.length > 0 ? { reason: `the copies in ${bad.join(', ')} could not be verified` } : {}),
+      };
+    } finally {
+      // Closing the session also aborts a backup that did not reach pg_backup_stop.
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  async function completedBackup(databaseId: string, backupId: string): Promise<BackupMeta> {
+    const meta = await findBackup(databaseId, backupId);
+    if (!meta) throw new NotFound(`no backup ${backupId} of ${databaseId}`);
+    if (meta.job.status !== 'completed' || !meta.job.sha256) throw new Conflict(`backup ${backupId} of ${databaseId} is ${meta.job.status}`);
+    return meta;
+  }
+
+  /** The decrypted tar of a backup, from its first good copy, handed to `consume`; fails naming the backup when no copy is good. */
+  async function readBackup<T>(meta: BackupMeta, consume: (tar: Readable) => Promise<T>): Promise<T> {
+    const { databaseId, id } = meta.job;
+    await keys.add(databaseId, meta.wrappedKey, false);
+    return store.readFirstGood(baseKey(databaseId, id), meta.job.sha256!, `backup ${id} of ${databaseId}`, async (copy, zone) => {
+      const tar = new PassThrough();
+      // Both sides settle before the next copy is tried, so nothing of a bad copy is still being written.
+      const [consumed, read] = await Promise.allSettled([
+        consume(tar),
+        pipeline(copy, createDecryptor(keys.opener(databaseId), `backup ${id} of ${databaseId} in ${zone}`), createGunzip(), tar),
+      ]);
+      if (read.status === 'rejected') throw read.reason;
+      if (consumed.status === 'rejected') throw consumed.reason;
+      return consumed.value;
+    });
+  }
+
+  // ---- restores
+
+  const restoreFile = (restoreId: string) => join(restoresDir, `${restoreId}.json`);
+
+  async function findRestore(id: string, restoreId: string): Promise<RestoreJob | undefined> {
+    const running = runningRestores.get(restoreId);
+    if (running) return running.instanceId === id ? running : undefined;
+    const text = await readFile(restoreFile(restoreId), 'utf8').catch(() => undefined);
+    const parsed = text === undefined ? undefined : StoredRestore.safeParse(JSON.parse(text));
+    if (!parsed?.success || parsed.data.job.instanceId !== id) return undefined;
+    const { job } = parsed.data;
+    return job.status === 'running' ? { ...job, status: 'failed', reason: 'interrupted: the agent stopped while the restore was running' } : job;
+  }
+
+  async function saveRestore(job: RestoreJob): Promise<void> {
+    await mkdir(restoresDir, { recursive: true, mode: 0o711 });
+    await writeFile(`${restoreFile(job.id)}.tmp`, JSON.stringify({ job }, null, 2), { mode: 0o600 });
+    await rename(`${restoreFile(job.id)}.tmp`, restoreFile(job.id));
+  }
+
+  async function startRestore(id: string, restoreId: string, request: StartRestore): Promise<{ created: boolean; job: RestoreJob }> {
+    return exclusiveStart(`restore:${restoreId}`, async () => {
+      const existing = await findRestore(id, restoreId);
+      if (existing) return { created: false, job: existing };
+      const instance = options.instances().describe(id);
+      if (request.mode === 'in_place' && !instance) throw new NotFound(`no instance ${id} on this host`);
+      if (request.mode === 'new') {
+        if (!request.spec) throw new BadRequest('a restore to a new instance needs its spec', { errors: [{ pointer: '/body/spec', detail: 'required for mode new' }] });
+        if (instance) throw new Conflict(`instance ${id} already exists`);
+      }
+      const job: RestoreJob = { id: restoreId, instanceId: id, status: 'running', startedAt: new Date().toISOString() };
+      runningRestores.set(restoreId, job);
+      await saveRestore(job);
+      void exclusive(id, () => runRestore(job, request)).then(
+        (recoveredTo) => finishRestore({ ...job, status: 'completed', finishedAt: new Date().toISOString(), recoveredTo }),
+        (error: unknown) => finishRestore({ ...job, status: 'failed', finishedAt: new Date().toISOString(), reason: errorMessage(error) }),
+      );
+      return { created: true, job };
+    });
+  }
+
+  async function finishRestore(job: RestoreJob): Promise<void> {
+    log(job.status === 'completed' ? 'info' : 'error', `restore ${job.status}`, { instance: job.instanceId, restore: job.id, reason: job.reason });
+    await saveRestore(job).catch((error: unknown) => log('error', 'could not record a restore', { restore: job.id, error: errorMessage(error) }));
+    runningRestores.delete(job.id);
+  }
+
+  /**
+   * Unpacks the backup beside the live data, replays WAL from the source's archive up to the target on a
+   * scratch server, and only then swaps it in (in_place) or makes it a new instance. Returns the instant reached.
+   */
+  async function runRestore(job: RestoreJob, request: StartRestore): Promise<string | undefined> {
+    const { source, pointInTime } = request;
+    const meta = await completedBackup(source.databaseId, source.backupId);
+    await keys.add(source.databaseId, source.dataKey, false);
+    const live = options.instances().describe(job.instanceId);
+    const spec = request.mode === 'new' ? request.spec! : live!.spec;
+    if (majorOf(spec.version) !== majorOf(meta.version)) {
+      throw new Error(`backup ${meta.job.id} was made by PostgreSQL ${meta.version}; instance ${job.instanceId} runs ${spec.version}`);
+    }
+    const install = installs.find((i) => i.version === spec.version);
+    if (!install) throw new Error(`PostgreSQL ${spec.version} is not installed on this host`);
+    if (pointInTime && meta.job.consistentAt && Date.parse(pointInTime) < Date.parse(meta.job.consistentAt)) {
+      throw new Error(`${pointInTime} is before backup ${meta.job.id} became consistent (${meta.job.consistentAt})`);
+    }
+    if (pointInTime) await makeReachable(source.databaseId);
+
+    const scratch = join(restoresDir, job.id);
+    await mkdir(restoresDir, { recursive: true, mode: 0o711 });
+    await rm(scratch, { recursive: true, force: true });
+    const port = await freePort();
+    const paths: ServerPaths = { data: join(scratch, 'data'), log: join(scratch, 'log'), socket: join(socketsDir, String(port)) };
+    try {
+      for (const dir of [scratch, paths.log, paths.socket]) await makePrivateDir(dir, runAs);
+      await readBackup(meta, async (tar) => {
+        await rm(paths.data, { recursive: true, force: true });
+        await makePrivateDir(paths.data, runAs);
+        await untar(tar, paths.data);
+      });
+      for (const dir of emptiedDirs) await makePrivateDir(join(paths.data, dir), runAs);
+      await writeOwned(join(paths.data, 'recovery.signal'), '');
+      const target = pointInTime
+        ? [`recovery_target_time = ${quoteSetting(pgTimestamp(pointInTime))}`, "recovery_target_action = 'promote'"]
+        : ["recovery_target = 'immediate'", "recovery_target_action = 'promote'"];
+      await writeServerConfig(paths, port, spec.settings, runAs, [
+        // New WAL (from the promotion on) goes to the restored database's own archive, under its own key.
+        ...await serverSettings(job.instanceId, spec.dataKey),
+        // WAL to replay comes from the source's archive, opened with the source's key.
+        `restore_command = ${quoteSetting(await walCommand('fetch', source.databaseId, '%p'))}`,
+        `recovery_target_timeline = ${quoteSetting(await timelineAt(source.databaseId, pointInTime))}`,
+        ...target,
+      ]);
+      await recover(install, paths, port, `backup ${meta.job.id}`);
+
+      const fault = faults.take('restore', job.instanceId);
+      if (fault) throw new Error(fault.message);
+      if (request.mode === 'in_place') await options.instances().replaceData(job.instanceId, paths.data, job.id);
+      else await options.instances().adopt(job.instanceId, spec, paths.data);
+      return pointInTime ?? meta.job.consistentAt;
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+      await rm(paths.socket, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * The timeline to follow. Every restore in place starts a new timeline (its history file archived
+   * then), branching off where that restore stopped. To a backup's own consistent point: the backup's
+   * timeline (`current`). To an instant: the newest timeline that existed then, so an instant before a
+   * restore is looked for on the branch that was live at that time, not on a later one.
+   */
+  async function timelineAt(databaseId: string, pointInTime: string | undefined): Promise<string> {
+    if (!pointInTime) return 'current';
+    const histories = (await store.list(`${databaseId}/wal`)).filter((n) => /^[0-9A-F]{8}\.history\.enc$/.test(n));
+    let timeline = 0;
+    for (const name of histories) {
+      const file = name.slice(0, -'.enc'.length);
+      const meta = WalMeta.safeParse(await store.getJson(walMetaKey(databaseId, file)));
+      if (meta.success && meta.data.archivedAt <= pointInTime) timeline = Math.max(timeline, parseInt(file.slice(0, 8), 16));
+    }
+    return timeline ? String(timeline) : 'current';
+  }
+
+  /**
+   * PostgreSQL refuses to end recovery at a target time after the last commit it replayed. When the
+   * source runs here, commit a transaction and switch WAL now, and wait until that segment is archived.
+   */
+  async function makeReachable(databaseId: string): Promise<void> {
+    const source = options.instances().describe(databaseId);
+    if (!source || source.status !== 'running' || !source.spec.dataKey) return;
+    const client = await connectAdmin(source.paths.socket, source.port);
+    let segment: string;
+    try {
+      await client.query('BEGIN');
+      await client.query('SELECT txid_current()');
+      await client.query('COMMIT');
+      ({ rows: [{ wal: segment }] } = await client.query<{ wal: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS wal'));
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    const deadline = Date.now() + 120_000;
+    while (!(await store.exists(walMetaKey(databaseId, segment)))) {
+      if (Date.now() > deadline) throw new Error(`WAL file ${segment} of ${databaseId} was not archived within 120 s`);
+      await sleep(200);
+    }
+  }
+
+  async function untar(tar: Readable, into: string): Promise<void> {
+    const child = spawn('tar', ['-x', '-f', '-', '-C', into], { stdio: ['pipe', 'ignore', 'pipe'], ...(runAs ?? {}) });
+    const results = await Promise.allSettled([pipeline(tar, child.stdin!), exitOf(child, 'tar', [0])]);
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  async function writeOwned(path: string, content: string): Promise<void> {
+    await writeFile(path, content, { mode: 0o600 });
+    if (runAs) await chown(path, runAs.uid, runAs.gid);
+  }
+
+  /** Runs a scratch server until recovery has ended (it promotes itself), then stops it cleanly. */
+  async function recover(install: PostgresInstall, paths: ServerPaths, port: number, what: string): Promise<void> {
+    const child = spawnPostmaster(install, paths, runAs);
+    scratchServers.add(child);
+    let stderrTail = '';
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderrTail = (stderrTail + chunk).slice(-2000); });
+    const exited = new Promise<string>((resolve) => {
+      child.once('error', (error) => resolve(error.message));
+      child.once('exit', (code, signal) => resolve(signal ? `killed by ${signal}` : `exit code ${code}`));
+    });
+    let gone: string | undefined;
+    void exited.then((how) => { gone = how; });
+    try {
+      const deadline = Date.now() + recoveryTimeoutMs;
+      for (;;) {
+        if (gone !== undefined) throw new Error(`recovery from ${what} failed (${gone}): ${await serverComplaint(paths.log, stderrTail)}`);
+        if (Date.now() > deadline) throw new Error(`recovery from ${what} did not finish within ${recoveryTimeoutMs / 1000} s`);
+        const client = new pg.Client({ host: paths.socket, port, user: adminRole, database: 'postgres', connectionTimeoutMillis: 2_000 });
+        client.on('error', () => undefined);
+        try {
+          await client.connect();
+          const { rows: [{ recovering }] } = await client.query<{ recovering: boolean }>('SELECT pg_is_in_recovery() AS recovering');
+          if (!recovering) break;
+        } catch {
+          // Not accepting connections yet, or not consistent yet.
+        } finally {
+          await client.end().catch(() => undefined);
+        }
+        await sleep(200);
+      }
+    } finally {
+      if (gone === undefined) {
+        child.kill('SIGINT');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      scratchServers.delete(child);
+    }
+  }
+
+  /** Only a restore or a backup job creates an object; a start call racing with itself must not create two. */
+  const starting = new Map<string, Promise<unknown>>();
+  async function exclusiveStart<T>(key: string, task: () => Promise<T>): Promise<T> {
+    while (starting.has(key)) await starting.get(key)!.catch(() => undefined);
+    const promise = task();
+    starting.set(key, promise);
+    try {
+      return await promise;
+    } finally {
+      starting.delete(key);
+    }
+  }
+
+  return {
+    setAgentUrl(url: string) { agentUrl = url; },
+    /** At start: a restore the agent was running when it died is over; its scratch folder (and any server left on it) goes. */
+    async cleanup(): Promise<void> {
+      await mkdir(restoresDir, { recursive: true, mode: 0o711 });
+      for (const entry of await readdir(restoresDir, { withFileTypes: true })) {
+        if (!entry.isDirectory()) continue;
+        await stopStalePostmaster(join(restoresDir, entry.name, 'data'));
+        await rm(join(restoresDir, entry.name), { recursive: true, force: true });
+        log('info', 'removed the scratch folder of an interrupted restore', { restore: entry.name });
+      }
+    },
+    /** With the agent: scratch servers stop too (fast shutdown). */
+    async stopAll(): Promise<void> {
+      await Promise.all([...scratchServers].map((child) => new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGINT');
+      })));
+    },
+    serverSettings,
+    checkWalToken,
+    archiveWal,
+    fetchWal,
+    startBackup,
+    async getBackup(databaseId: string, backupId: string): Promise<BackupJob | undefined> {
+      return (await findBackup(databaseId, backupId))?.job;
+    },
+    async deleteBackup(databaseId: string, backupId: string): Promise<void> {
+      if (runningBackups.has(`${databaseId}/${backupId}`)) throw new Conflict(`backup ${backupId} is running`);
+      await store.remove(baseKey(databaseId, backupId));
+      await store.remove(baseMetaKey(databaseId, backupId));
+    },
+    async purge(databaseId: string): Promise<void> {
+      if ([...runningBackups.values()].some((m) => m.job.databaseId === databaseId)) throw new Conflict(`a backup of ${databaseId} is running`);
+      await store.remove(databaseId);
+    },
+    async summary(databaseId: string): Promise<ArchiveSummary> {
+      const names = (await store.list(`${databaseId}/wal`)).filter((n) => n.endsWith('.enc'));
+      let newest = 0;
+      for (const name of names) {
+        const meta = WalMeta.safeParse(await store.getJson(walMetaKey(databaseId, name.slice(0, -'.enc'.length))));
+        if (meta.success) newest = Math.max(newest, Date.parse(meta.data.archivedAt));
+      }
+      return {
+        databaseId,
+        ...(newest > 0 ? { lastWalArchivedAt: new Date(newest).toISOString() } : {}),
+        walSegments: names.filter((n) => walSegment.test(n.slice(0, -'.enc'.length))).length,
+      };
+    },
+    startRestore,
+    getRestore: findRestore,
+    /**
+     * Checks a download URL's signature and expiry (403 otherwise), then streams the backup's decrypted
+     * tar. It holds the data directory, backup_label and the WAL from backup start to stop, so a user
+     * restores it with standard tools: `mkdir -m 700 data && tar -xf backup.tar -C data`, then start
+     * PostgreSQL of the same major on it (`postgres -D data`, as a non-root owner of the folder): it
+     * replays the included WAL and opens at the backup's consistent point. Its dbplane.conf is an empty
+     * placeholder (postgresql.conf includes it), so port and logging are PostgreSQL's defaults.
+     */
+    async download(databaseId: string, backupId: string, expires: string | null, signature: string | null): Promise<{ filename: string; open: (into: NodeJS.WritableStream) => Promise<void> }> {
+      const when = Number(expires);
+      const expected = Number.isInteger(when) ? downloadSignature(secret, databaseId, backupId, when) : '';
+      const same = timingSafeEqual(createHash('sha256').update(signature ?? '').digest(), createHash('sha256').update(expected).digest());
+      if (!same || !expected) throw new Forbidden('the download signature is not valid');
+      if (when * 1000 < Date.now()) throw new Forbidden('the download link has expired');
+      const meta = await completedBackup(databaseId, backupId);
+      return {
+        filename: `${databaseId}-${backupId}.tar`,
+        open: (into) => readBackup(meta, (tar) => pipeline(tar, into)),
+      };
+    },
+  };
+}
+
+/** ISO 8601 as recovery_target_time takes it ("2026-11-25 11:54:52.723459+00"; it refuses the "T" and "Z" forms). */
+function pgTimestamp(iso: string): string {
+  return iso.replace('T', ' ').replace(/Z$/i, '+00');
+}
+
+/** WAL segment names from `first` to `last` (same timeline, 16 MB segments: 256 per log id). */
+function walRange(first: string, last: string): string[] {
+  const timeline = first.slice(0, 8);
+  const toNumber = (name: string) => BigInt(`0x${name.slice(8, 16)}`) * 0x100n + BigInt(`0x${name.slice(16, 24)}`);
+  const names: string[] = [];
+  const perLog = BigInt(0x1_0000_0000 / walSegmentBytes);
+  for (let n = toNumber(first); n <= toNumber(last); n++) {
+    names.push(`${timeline}${(n / perLog).toString(16).toUpperCase().padStart(8, '0')}${(n % perLog).toString(16).toUpperCase().padStart(8, '0')}`);
+  }
+  return names;
+}
+
+async function connectAdmin(socketDir: string, port: number): Promise<pg.Client> {
+  const client = new pg.Client({ host: socketDir, port, user: adminRole, database: 'postgres', connectionTimeoutMillis: 5_000 });
+  client.on('error', () => undefined);
+  await client.connect();
+  return client;
+}
+
+function exitOf(child: ChildProcess, name: string, okCodes: number[]): Promise<void> {
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr = (stderr + chunk).slice(-2000); });
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      if (code !== null && okCodes.includes(code)) resolve();
+      else reject(new Error(`${name} failed (${signal ?? `exit code ${code}`}): ${stderr.trim().split('\n').slice(-3).join(' / ')}`));
+    });
+  });
+}
+
+/** What a server that stopped said last: stderr before its log collector started, else its newest log file. */
+async function serverComplaint(logDir: string, stderrTail: string): Promise<string> {
+  const files = await readdir(logDir).catch(() => [] as string[]);
+  let text = stderrTail;
+  if (files.length > 0) {
+    const newest = (await Promise.all(files.map(async (f) => ({ f, t: (await stat(join(logDir, f))).mtimeMs })))).sort((a, b) => b.t - a.t)[0];
+    text += await readFile(join(logDir, newest.f), 'utf8').catch(() => '');
+  }
+  // The FATAL line often just says "contains errors"; the lines before it say which.
+  const lines = text.split('\n').filter((l) => /FATAL|PANIC|ERROR|invalid|could not/.test(l)).slice(-3)
+    .map((l) => l.replace(/^\S+ \S+ \S+ \[\d+\] /, '').replace(/\s+/g, ' '));
+  return lines.join(' / ') || 'no message';
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer().once('error', reject).listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
+}

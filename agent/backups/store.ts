@@ -1,0 +1,179 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { errorMessage, log } from '../log.ts';
+
+/** One stored copy, as read back after writing. */
+export interface StoredCopy {
+  zone: string;
+  sha256: string;
+  ok: boolean;
+}
+
+export interface PutResult {
+  /** SHA-256 of the bytes written (every good copy reads back with it). */
+  sha256: string;
+  sizeBytes: number;
+  copies: StoredCopy[];
+}
+
+export const zones = ['zone-a', 'zone-b', 'zone-c'] as const;
+
+/**
+ * Stands in for one S3 bucket per availability zone: a folder per zone under `root`. Each object is
+ * written to every zone (temp file, fsync, rename), then read back and hashed, copy by copy, so a copy
+ * is reported good only when what is on disk is what was sent.
+ */
+export class ObjectStore {
+  constructor(readonly root: string) {}
+
+  path(zone: string, key: string): string {
+    return join(this.root, zone, key);
+  }
+
+  /** Writes the stream to every zone. A failing source leaves nothing behind; a failing zone is a bad copy. */
+  async put(key: string, source: AsyncIterable<Buffer>): Promise<PutResult> {
+    const suffix = `.tmp-${randomBytes(6).toString('hex')}`;
+    const targets = await Promise.all(zones.map(async (zone) => {
+      const path = this.path(zone, key);
+      try {
+        await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+        return { zone, path, handle: await open(`${path}${suffix}`, 'w', 0o600) as FileHandle | undefined, error: undefined as string | undefined };
+      } catch (error) {
+        return { zone, path, handle: undefined, error: errorMessage(error) };
+      }
+    }));
+    const hash = createHash('sha256');
+    let sizeBytes = 0;
+    try {
+      for await (const chunk of source) {
+        hash.update(chunk);
+        sizeBytes += chunk.length;
+        await Promise.all(targets.map(async (t) => {
+          if (!t.handle) return;
+          try {
+            await t.handle.write(chunk);
+          } catch (error) {
+            t.error = errorMessage(error);
+            await t.handle.close().catch(() => undefined);
+            t.handle = undefined;
+          }
+        }));
+      }
+    } catch (error) {
+      await Promise.all(targets.map(async (t) => {
+        await t.handle?.close().catch(() => undefined);
+        await rm(`${t.path}${suffix}`, { force: true });
+      }));
+      throw error;
+    }
+    const sha256 = hash.digest('hex');
+    const copies = await Promise.all(targets.map(async (t): Promise<StoredCopy> => {
+      try {
+        if (!t.handle) throw new Error(t.error ?? 'not written');
+        await t.handle.sync();
+        await t.handle.close();
+        await rename(`${t.path}${suffix}`, t.path);
+        await syncDir(dirname(t.path));
+        const readBack = await sha256Of(t.path);
+        return { zone: t.zone, sha256: readBack, ok: readBack === sha256 };
+      } catch (error) {
+        log('error', 'could not store a copy', { object: key, zone: t.zone, error: errorMessage(error) });
+        await rm(`${t.path}${suffix}`, { force: true });
+        return { zone: t.zone, sha256: '', ok: false };
+      }
+    }));
+    return { sha256, sizeBytes, copies };
+  }
+
+  /** Small metadata, written whole (temp file, fsync, rename) to every zone. */
+  async putJson(key: string, value: unknown): Promise<void> {
+    const body = Buffer.from(JSON.stringify(value, null, 2));
+    await Promise.all(zones.map(async (zone) => {
+      const path = this.path(zone, key);
+      await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+      const temp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
+      const handle = await open(temp, 'w', 0o600);
+      try {
+        await handle.write(body);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temp, path);
+    }));
+  }
+
+  /** The metadata as the first zone that holds a readable copy has it. */
+  async getJson(key: string): Promise<unknown> {
+    for (const zone of zones) {
+      const text = await readFile(this.path(zone, key), 'utf8').catch(() => undefined);
+      if (text === undefined) continue;
+      try {
+        return JSON.parse(text);
+      } catch {
+        log('warn', 'skipping unreadable metadata', { object: key, zone });
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Hands the first copy whose bytes hash to `sha256` to `consume` (which decrypts it); a copy that does
+   * not match, or that `consume` rejects, is logged and skipped. Fails, naming `what`, when no copy is good.
+   */
+  async readFirstGood<T>(key: string, sha256: string, what: string, consume: (copy: Readable, zone: string) => Promise<T>): Promise<T> {
+    const problems: string[] = [];
+    for (const zone of zones) {
+      const path = this.path(zone, key);
+      try {
+        const actual = await sha256Of(path);
+        if (actual !== sha256) throw new Error(`${what} in ${zone}: SHA-256 ${actual} does not match the recorded ${sha256}`);
+        return await consume(createReadStream(path), zone);
+      } catch (error) {
+        const problem = (error as NodeJS.ErrnoException).code === 'ENOENT' ? `${what} in ${zone}: missing` : errorMessage(error);
+        log('warn', 'skipping a bad copy', { object: key, zone, problem });
+        problems.push(problem);
+      }
+    }
+    throw new Error(`no good copy of ${what}: ${problems.join('; ')}`);
+  }
+
+  /** Names (not paths) in a folder of the first zone that has it, merged across zones. */
+  async list(dir: string): Promise<string[]> {
+    const names = new Set<string>();
+    for (const zone of zones) {
+      for (const name of await readdir(this.path(zone, dir)).catch(() => [] as string[])) {
+        if (!name.includes('.tmp-')) names.add(name);
+      }
+    }
+    return [...names].sort();
+  }
+
+  async exists(key: string): Promise<boolean> {
+    for (const zone of zones) if (await stat(this.path(zone, key)).then(() => true, () => false)) return true;
+    return false;
+  }
+
+  /** Removes an object or a folder from every zone; absent is fine. */
+  async remove(key: string): Promise<void> {
+    await Promise.all(zones.map((zone) => rm(this.path(zone, key), { recursive: true, force: true })));
+  }
+}
+
+export async function sha256Of(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+async function syncDir(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,415 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { chown, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  ArchiveSummary, BackupJob, downloadSignature, HostInfo, Instance, RestoreJob,
+  type EnsureInstance, type StartRestore, type WrappedKey,
+} from '#core/agent-api.ts';
+import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
+import { scramVerifier } from '#core/scram.ts';
+import { chunkBytes, createDecryptor, createEncryptor } from '../agent/backups/crypto.ts';
+import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
+
+const secret = 'backup-test-secret';
+const password = 'backups are not optional';
+/** A value no PostgreSQL file holds by chance: found in a zone's files only if something is stored in clear. */
+const distinctive = 'zebra-quokka-7731-plaintext-canary';
+
+let tempDir: string;
+let backupDir: string;
+let agent: AgentProcess;
+
+async function call(method: string, path: string, body?: unknown, token = secret): Promise<{ status: number; body: any }> {
+  const response = await fetch(`${agent.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : undefined };
+}
+
+async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    await sleep(100);
+  }
+  throw new Error(`condition not met within ${timeoutMs} ms${lastError ? `: ${(lastError as Error).message}` : ''}`);
+}
+
+const running = (id: string) => eventually(async () => {
+  const instance = Instance.parse((await call('GET', `/v1/instances/${id}`)).body);
+  return instance.status === 'running' ? instance : undefined;
+});
+
+async function backupDone(id: string, backupId: string): Promise<BackupJob> {
+  return eventually(async () => {
+    const job = BackupJob.parse((await call('GET', `/v1/archives/${id}/backups/${backupId}`)).body);
+    return job.status === 'running' ? undefined : job;
+  });
+}
+
+async function restoreDone(id: string, restoreId: string): Promise<RestoreJob> {
+  return eventually(async () => {
+    const job = RestoreJob.parse((await call('GET', `/v1/instances/${id}/restores/${restoreId}`)).body);
+    return job.status === 'running' ? undefined : job;
+  }, 90_000);
+}
+
+async function query<T extends pg.QueryResultRow>(port: number, sql: string): Promise<T[]> {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app' });
+  await client.connect();
+  try {
+    return (await client.query<T>(sql)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+const runningAsRoot = process.getuid?.() === 0;
+
+const ids = (prefix: 'bk' | 'op') => `${prefix}-${randomBytes(16).toString('hex').slice(0, 26)}`;
+const zoneFile = (zone: string, id: string, backupId: string) => join(backupDir, zone, id, 'base', `${backupId}.tar.gz.enc`);
+
+async function flipByte(path: string, at: number): Promise<void> {
+  const handle = await open(path, 'r+');
+  try {
+    const byte = Buffer.alloc(1);
+    await handle.read(byte, 0, 1, at);
+    byte[0] ^= 0xff;
+    await handle.write(byte, 0, 1, at);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * What a customer does with a download: untar into an empty folder and start PostgreSQL on it (the
+ * tar holds backup_label and the WAL the backup needs). Returns the rows of app.notes it then serves.
+ */
+async function rowsOfUnpackedDownload(tarFile: string, version: string): Promise<unknown[]> {
+  const owner = runningAsRoot
+    ? { uid: Number(execFileSync('id', ['-u', 'dbplane-pg'], { encoding: 'utf8' })), gid: Number(execFileSync('id', ['-g', 'dbplane-pg'], { encoding: 'utf8' })) }
+    : {};
+  const dir = join(tempDir, 'unpacked');
+  await mkdir(dir, { mode: 0o700 });
+  if (runningAsRoot) await chown(dir, owner.uid!, owner.gid!);
+  execFileSync('tar', ['-xf', tarFile, '-C', dir], owner);
+  const native = join(process.cwd(), 'node_modules', `pg${version.split('.')[0]}`, 'native');
+  const socketPort = 5999;
+  const server = spawn(join(native, 'bin', 'postgres'), ['-D', dir, '-p', String(socketPort), '-k', dir, '-c', 'listen_addresses='], {
+    ...owner, env: { LD_LIBRARY_PATH: join(native, 'lib'), LC_ALL: 'C.UTF-8' }, stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let said = '';
+  server.stderr!.setEncoding('utf8').on('data', (chunk: string) => { said += chunk; });
+  const exited = new Promise((resolve) => server.once('exit', resolve));
+  try {
+    return await eventually(async () => {
+      if (server.exitCode !== null) throw new Error(`postgres exited: ${said.slice(-800)}`);
+      const client = new pg.Client({ host: dir, port: socketPort, user: 'dbplane_admin', database: 'app' });
+      client.on('error', () => undefined);
+      await client.connect();
+      try {
+        return (await client.query('SELECT id, body FROM notes ORDER BY id')).rows;
+      } finally {
+        await client.end();
+      }
+    }, 30_000);
+  } finally {
+    server.kill('SIGINT');
+    await exited;
+  }
+}
+
+describe('backup encryption', () => {
+  const key = randomBytes(32);
+  const plain = randomBytes(2 * chunkBytes + 1234);
+  const seal = () => buffer(Readable.from([plain]).pipe(createEncryptor(key, 3)));
+  const openSealed = (sealed: Buffer) => buffer(Readable.from([sealed]).pipe(createDecryptor((v) => (v === 3 ? key : undefined), 'backup bk-x in zone-q')));
+
+  it('round-trips a stream of several chunks, without the plaintext in what it stores', async () => {
+    const sealed = await seal();
+
+    expect(sealed.includes(plain.subarray(0, 64))).toBe(false);
+    expect((await openSealed(sealed)).equals(plain)).toBe(true);
+  });
+
+  it('rejects altered, truncated and reordered streams, naming the object and zone', async () => {
+    const sealed = await seal();
+    const sealedChunk = chunkBytes + 16;
+    const header = sealed.subarray(0, sealed.length - 2 * sealedChunk - 1234 - 16);
+    const [first, second] = [0, 1].map((i) => sealed.subarray(header.length + i * sealedChunk, header.length + (i + 1) * sealedChunk));
+    const altered = Buffer.from(sealed);
+    altered[altered.length - 100] ^= 1;
+
+    await expect(openSealed(altered)).rejects.toThrow(/backup bk-x in zone-q: chunk 2 failed authentication/);
+    await expect(openSealed(sealed.subarray(0, header.length + 2 * sealedChunk))).rejects.toThrow(/bk-x in zone-q/);
+    await expect(openSealed(sealed.subarray(0, sealed.length - 10))).rejects.toThrow(/bk-x in zone-q/);
+    await expect(openSealed(Buffer.concat([header, second, first, sealed.subarray(header.length + 2 * sealedChunk)]))).rejects.toThrow(/chunk 0/);
+  });
+});
+
+describe('agent backups and restores', () => {
+  let wrapper: LocalKeyWrapper;
+  let spec: EnsureInstance;
+  let dataKey: WrappedKey;
+  let port: number;
+  const first = ids('bk');
+  const second = ids('bk');
+
+  beforeAll(async () => {
+    tempDir = await mkdtemp(join(tmpdir(), 'dbplane-backups-'));
+    backupDir = join(tempDir, 'backups');
+    const masterKeyFile = join(tempDir, 'master.key');
+    wrapper = LocalKeyWrapper.fromFile(masterKeyFile);
+    agent = await spawnAgent({ dataDir: join(tempDir, 'agent'), secret, faults: true, masterKeyFile, backupDir });
+    const host = HostInfo.parse((await call('GET', '/v1/host')).body);
+    dataKey = { version: 1, wrapped: await newWrappedDataKey(wrapper, 'app-db') };
+    spec = {
+      engine: 'postgresql',
+      version: host.versions.find((v) => v.version.startsWith('17.'))!.version,
+      role: { name: 'app', scramVerifier: scramVerifier(password) },
+      database: 'app',
+      settings: { shared_buffers: '32MB', max_connections: '20' },
+      dataKey,
+    };
+    await call('PUT', '/v1/instances/app-db', spec);
+    port = (await running('app-db')).port;
+    await query(port, 'CREATE TABLE notes (id int PRIMARY KEY, body text)');
+    await query(port, `INSERT INTO notes VALUES (1, 'kept'), (2, '${distinctive}')`);
+  }, 60_000);
+
+  afterAll(async () => {
+    await agent?.stop();
+    if (tempDir) await rm(tempDir, { recursive: true, force: true });
+  });
+
+  it('answers 401 to the backup routes without the agent secret', async () => {
+    const source = { databaseId: 'app-db', backupId: first, dataKey };
+    const calls = await Promise.all([
+      call('PUT', `/v1/instances/app-db/backups/${first}`, { kind: 'manual' }, 'nope'),
+      call('GET', `/v1/archives/app-db/backups/${first}`, undefined, 'nope'),
+      call('DELETE', `/v1/archives/app-db/backups/${first}`, undefined, 'nope'),
+      call('GET', '/v1/archives/app-db', undefined, 'nope'),
+      call('DELETE', '/v1/archives/app-db', undefined, 'nope'),
+      call('PUT', `/v1/instances/app-db/restores/${ids('op')}`, { mode: 'in_place', source }, 'nope'),
+      call('GET', `/v1/instances/app-db/restores/${ids('op')}`, undefined, 'nope'),
+      // WAL routes take the per-database token, not even the agent secret.
+      call('GET', '/v1/archives/app-db/wal/000000010000000000000001', undefined, secret),
+    ]);
+
+    expect(calls.map((c) => c.status)).toEqual(Array(calls.length).fill(401));
+  });
+
+  it('takes a base backup into three zones, each copy verified', async () => {
+    const started = await call('PUT', `/v1/instances/app-db/backups/${first}`, { kind: 'manual' });
+
+    expect(started.status).toBe(202);
+    expect(BackupJob.parse(started.body).status).toBe('running');
+    const job = await backupDone('app-db', first);
+    expect(job).toMatchObject({ status: 'completed', keyVersion: 1 });
+    expect(job.copies.map((c) => c.zone)).toEqual(['zone-a', 'zone-b', 'zone-c']);
+    expect(job.copies.every((c) => c.ok && c.sha256 === job.sha256)).toBe(true);
+    expect(Date.parse(job.consistentAt!)).toBeGreaterThanOrEqual(Date.parse(job.startedAt));
+    expect((await stat(zoneFile('zone-b', 'app-db', first))).size).toBe(job.sizeBytes);
+    const again = await call('PUT', `/v1/instances/app-db/backups/${first}`, { kind: 'manual' });
+    expect(again).toMatchObject({ status: 200, body: { id: first, status: 'completed', sha256: job.sha256 } });
+  });
+
+  it('reports the archived WAL', async () => {
+    const summary = ArchiveSummary.parse((await call('GET', '/v1/archives/app-db')).body);
+
+    expect(summary.walSegments).toBeGreaterThan(0);
+    expect(Date.parse(summary.lastWalArchivedAt!)).toBeLessThanOrEqual(Date.now());
+  });
+
+  it('fails the next backup when a backup fault is armed', async () => {
+    const failing = ids('bk');
+    await call('PUT', '/v1/faults', { operation: 'backup', message: 'bucket on fire' });
+
+    await call('PUT', `/v1/instances/app-db/backups/${failing}`, { kind: 'scheduled' });
+
+    expect(await backupDone('app-db', failing)).toMatchObject({ status: 'failed', reason: 'bucket on fire', copies: [] });
+    expect((await call('DELETE', `/v1/archives/app-db/backups/${failing}`)).status).toBe(204);
+    expect((await call('GET', `/v1/archives/app-db/backups/${failing}`)).status).toBe(404);
+  });
+
+  it('serves a signed download as a tar that starts a server as it is; refuses a bad or expired signature', async () => {
+    const expires = Math.floor(Date.now() / 1000) + 300;
+    const url = (e: number, signature: string) => `${agent.url}/v1/downloads/app-db/${first}?expires=${e}&signature=${signature}`;
+
+    const forged = await fetch(url(expires, downloadSignature('other-secret', 'app-db', first, expires)));
+    const expired = await fetch(url(1_000, downloadSignature(secret, 'app-db', first, 1_000)));
+    const good = await fetch(url(expires, downloadSignature(secret, 'app-db', first, expires)));
+
+    expect(forged.status).toBe(403);
+    expect(expired.status).toBe(403);
+    expect(good.status).toBe(200);
+    expect(good.headers.get('content-type')).toBe('application/x-tar');
+    expect(good.headers.get('content-disposition')).toContain(`${first}.tar`);
+    const tarFile = join(tempDir, 'download.tar');
+    await pipeline(Readable.fromWeb(good.body as never), (await open(tarFile, 'w')).createWriteStream());
+    const members = execFileSync('tar', ['-tf', tarFile], { encoding: 'utf8' }).split('\n');
+    expect(members).toEqual(expect.arrayContaining(['./PG_VERSION', './backup_label']));
+    expect(members.some((m) => /^\.\/pg_wal\/[0-9A-F]{24}$/.test(m))).toBe(true);
+    expect(await rowsOfUnpackedDownload(tarFile, spec.version)).toEqual([{ id: 1, body: 'kept' }, { id: 2, body: distinctive }]);
+  }, 60_000);
+
+  it('restores in place to the backup, on the same port', async () => {
+    await query(port, "UPDATE notes SET body = 'changed' WHERE id = 1");
+    await query(port, 'INSERT INTO notes VALUES (3, $$added later$$)');
+    const restoreId = ids('op');
+    const request: StartRestore = { mode: 'in_place', source: { databaseId: 'app-db', backupId: first, dataKey } };
+
+    const started = await call('PUT', `/v1/instances/app-db/restores/${restoreId}`, request);
+
+    expect(started.status).toBe(202);
+    expect(await restoreDone('app-db', restoreId)).toMatchObject({ status: 'completed' });
+    expect((await call('PUT', `/v1/instances/app-db/restores/${restoreId}`, request)).status).toBe(200);
+    expect((await running('app-db')).port).toBe(port);
+    expect(await query(port, 'SELECT id, body FROM notes ORDER BY id')).toEqual([{ id: 1, body: 'kept' }, { id: 2, body: distinctive }]);
+  }, 120_000);
+
+  it('restores a new instance to a point in time between two commits', async () => {
+    expect((await call('PUT', `/v1/instances/app-db/backups/${second}`, { kind: 'scheduled' })).status).toBe(202);
+    expect(await backupDone('app-db', second)).toMatchObject({ status: 'completed' });
+    await query(port, "INSERT INTO notes VALUES (10, 'row A')");
+    const [{ at }] = await query<{ at: string }>(port, `SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at`);
+    await query(port, "INSERT INTO notes VALUES (11, 'row B')");
+    const restoreId = ids('op');
+    const newSpec = { ...spec, dataKey: { version: 1, wrapped: await newWrappedDataKey(wrapper, 'pitr-db') } };
+
+    await call('PUT', `/v1/instances/pitr-db/restores/${restoreId}`, {
+      mode: 'new', source: { databaseId: 'app-db', backupId: second, dataKey }, pointInTime: at, spec: newSpec,
+    } satisfies StartRestore);
+
+    expect(await restoreDone('pitr-db', restoreId)).toMatchObject({ status: 'completed', recoveredTo: at });
+    const restored = await running('pitr-db');
+    expect(restored.port).not.toBe(port);
+    expect(await query(restored.port, 'SELECT id FROM notes WHERE id >= 10 ORDER BY id')).toEqual([{ id: 10 }]);
+    expect(await query(port, 'SELECT id FROM notes WHERE id >= 10 ORDER BY id')).toEqual([{ id: 10 }, { id: 11 }]);
+    // From now on the new instance archives into its own archive.
+    await query(restored.port, 'SELECT pg_switch_wal()').catch(() => undefined);
+    await eventually(async () => ((await call('GET', '/v1/archives/pitr-db')).body.walSegments > 0 ? true : undefined));
+  }, 120_000);
+
+  it('stores no plaintext: the distinctive row is in no zone file', async () => {
+    const found = (() => {
+      try {
+        return execFileSync('grep', ['-r', '-l', '-a', distinctive, backupDir], { encoding: 'utf8' });
+      } catch (error) {
+        if ((error as { status?: number }).status === 1) return '';
+        throw error;
+      }
+    })();
+
+    const walFile = execFileSync('find', [join(backupDir, 'zone-c', 'app-db', 'wal'), '-name', '0*.enc'], { encoding: 'utf8' }).split('\n')[0];
+
+    expect((await call('GET', '/v1/archives/app-db')).body.walSegments).toBeGreaterThan(0);
+    expect(found).toBe('');
+    // Sealed objects (format header "DBPE"), not merely compressed ones.
+    expect((await readFile(zoneFile('zone-c', 'app-db', first))).subarray(0, 4).toString()).toBe('DBPE');
+    expect((await readFile(walFile)).subarray(0, 4).toString()).toBe('DBPE');
+  });
+
+  it('restores from another zone when one copy was tampered with', async () => {
+    await flipByte(zoneFile('zone-a', 'app-db', second), 5000);
+    const restoreId = ids('op');
+
+    await call('PUT', `/v1/instances/app-db/restores/${restoreId}`, { mode: 'in_place', source: { databaseId: 'app-db', backupId: second, dataKey } });
+
+    expect(await restoreDone('app-db', restoreId)).toMatchObject({ status: 'completed' });
+    expect(await query(port, 'SELECT id FROM notes ORDER BY id')).toEqual([{ id: 1 }, { id: 2 }]);
+  }, 120_000);
+
+  it('fails a restore naming the backup when no copy is good, and the instance keeps its data', async () => {
+    await query(port, "INSERT INTO notes VALUES (20, 'still here')");
+    await flipByte(zoneFile('zone-b', 'app-db', second), 5000);
+    const zoneC = zoneFile('zone-c', 'app-db', second);
+    await writeFile(zoneC, (await readFile(zoneC)).subarray(0, 3000));
+    const restoreId = ids('op');
+
+    await call('PUT', `/v1/instances/app-db/restores/${restoreId}`, { mode: 'in_place', source: { databaseId: 'app-db', backupId: second, dataKey } });
+
+    const job = await restoreDone('app-db', restoreId);
+    expect(job.status).toBe('failed');
+    expect(job.reason).toContain(`backup ${second}`);
+    expect((await running('app-db')).port).toBe(port);
+    expect(await query(port, 'SELECT id FROM notes ORDER BY id')).toEqual([{ id: 1 }, { id: 2 }, { id: 20 }]);
+  }, 120_000);
+
+  it('fails the next restore when a restore fault is armed, before touching the instance', async () => {
+    await call('PUT', '/v1/faults', { operation: 'restore', instanceId: 'app-db', message: 'not today' });
+    const restoreId = ids('op');
+
+    await call('PUT', `/v1/instances/app-db/restores/${restoreId}`, { mode: 'in_place', source: { databaseId: 'app-db', backupId: first, dataKey } });
+
+    expect(await restoreDone('app-db', restoreId)).toMatchObject({ status: 'failed', reason: 'not today' });
+    expect(await query(port, 'SELECT count(*)::int AS n FROM notes')).toEqual([{ n: 3 }]);
+  }, 120_000);
+
+  it('backs up and restores PostgreSQL 14 (the pre-15 backup functions)', async () => {
+    const host = HostInfo.parse((await call('GET', '/v1/host')).body);
+    const oldKey = { version: 1, wrapped: await newWrappedDataKey(wrapper, 'old-db') };
+    await call('PUT', '/v1/instances/old-db', { ...spec, version: host.versions.find((v) => v.version.startsWith('14.'))!.version, dataKey: oldKey });
+    const oldPort = (await running('old-db')).port;
+    await query(oldPort, "CREATE TABLE t AS SELECT 'before' AS v");
+    const backupId = ids('bk');
+    await call('PUT', `/v1/instances/old-db/backups/${backupId}`, { kind: 'manual' });
+    expect(await backupDone('old-db', backupId)).toMatchObject({ status: 'completed' });
+    await query(oldPort, "UPDATE t SET v = 'after'");
+    const restoreId = ids('op');
+
+    await call('PUT', `/v1/instances/old-db/restores/${restoreId}`, { mode: 'in_place', source: { databaseId: 'old-db', backupId, dataKey: oldKey } });
+
+    expect(await restoreDone('old-db', restoreId)).toMatchObject({ status: 'completed' });
+    expect(await query(oldPort, 'SELECT v FROM t')).toEqual([{ v: 'before' }]);
+    expect((await call('DELETE', '/v1/instances/old-db')).status).toBe(204);
+    expect((await call('DELETE', '/v1/archives/old-db')).status).toBe(204);
+  }, 120_000);
+
+  it('keeps backup jobs across an agent restart; one that was running reads back as failed', async () => {
+    const interrupted = ids('bk');
+    const recordedRunning = {
+      job: { id: interrupted, databaseId: 'app-db', status: 'running', startedAt: new Date().toISOString(), copies: [] },
+      kind: 'manual', version: spec.version, wrappedKey: dataKey,
+    };
+    for (const zone of ['zone-a', 'zone-b', 'zone-c']) {
+      await writeFile(join(backupDir, zone, 'app-db', 'base', `${interrupted}.json`), JSON.stringify(recordedRunning));
+    }
+    await agent.stop();
+
+    agent = await spawnAgent({ dataDir: join(tempDir, 'agent'), secret, faults: true, masterKeyFile: join(tempDir, 'master.key'), backupDir });
+
+    expect((await call('GET', `/v1/archives/app-db/backups/${first}`)).body).toMatchObject({ status: 'completed' });
+    expect((await call('GET', `/v1/archives/app-db/backups/${interrupted}`)).body).toMatchObject({ status: 'failed', reason: expect.stringMatching(/interrupted/) });
+    // The restarted server archives through the agent's new port: a backup waits for that.
+    await running('app-db');
+    const after = ids('bk');
+    await call('PUT', `/v1/instances/app-db/backups/${after}`, { kind: 'manual' });
+    expect(await backupDone('app-db', after)).toMatchObject({ status: 'completed' });
+  }, 120_000);
+
+  it('purges an archive', async () => {
+    expect((await call('DELETE', '/v1/instances/pitr-db')).status).toBe(204);
+    expect((await call('DELETE', '/v1/archives/pitr-db')).status).toBe(204);
+
+    expect((await call('GET', '/v1/archives/pitr-db')).body).toEqual({ databaseId: 'pitr-db', walSegments: 0 });
+    await expect(stat(join(backupDir, 'zone-a', 'pitr-db'))).rejects.toThrow(/ENOENT/);
+  });
+});

@@ -1,0 +1,22 @@
+import pg from 'pg';
+import { expect } from 'vitest';
+import type { ApiClient } from './api.ts';
+
+/** Connects to a database's URL (as the API shows it, without password) with its password. */
+export async function connect(url: string, password: string): Promise<pg.Client> {
+  const parsed = new URL(url);
+  parsed.password = password;
+  const client = new pg.Client({ connectionString: parsed.toString() });
+  await client.connect();
+  return client;
+}
+
+/** Creates a database and waits until it runs. */
+export async function createRunning(api: ApiClient, name: string, plan = 'starter-512') {
+  const created = await api.post('/databases', { name, engine: 'postgresql', plan });
+  expect(created.status, JSON.stringify(created.body)).toBe(202);
+  const operation = await api.waitForOperation(created.body.operation.id);
+  expect(operation.status, operation.error).toBe('succeeded');
+  const database = await api.get(`/databases/${created.body.database.id}`);
+  return { id: created.body.database.id as string, password: created.body.password as string, database: database.body, operation };
+}
