@@ -40,6 +40,10 @@ export class Client {
     return this.#request('POST', path, schema, body);
   }
 
+  put<S extends z.ZodType>(path: string, body: unknown, schema: S): Promise<z.infer<S>> {
+    return this.#request('PUT', path, schema, body);
+  }
+
   delete<S extends z.ZodType>(path: string, schema: S): Promise<z.infer<S>> {
     return this.#request('DELETE', path, schema);
   }
@@ -77,7 +81,7 @@ export class Client {
   }
 }
 
-function parseJson(text: string): unknown {
+export function parseJson(text: string): unknown {
   if (!text) return undefined;
   try {
     return JSON.parse(text);

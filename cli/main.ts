@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { ApiError, CliError } from './client.ts';
 import { registerAdmin } from './commands/admin.ts';
+import { registerBackups } from './commands/backups.ts';
 import { registerCatalog } from './commands/catalog.ts';
 import { registerDatabases } from './commands/databases.ts';
 import { registerLogin } from './commands/login.ts';
@@ -23,6 +24,7 @@ function buildProgram(): Command {
   registerLogin(program);
   registerDatabases(program);
   registerOperations(program);
+  registerBackups(program);
   registerCatalog(program);
   registerAdmin(program);
   return program;

@@ -16,6 +16,7 @@ import {
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
 import { scramVerifier } from '#core/scram.ts';
 import { chunkBytes, createDecryptor, createEncryptor } from '../agent/backups/crypto.ts';
+import { agentCaller, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 
 const secret = 'backup-test-secret';
@@ -27,30 +28,8 @@ let tempDir: string;
 let backupDir: string;
 let agent: AgentProcess;
 
-async function call(method: string, path: string, body?: unknown, token = secret): Promise<{ status: number; body: any }> {
-  const response = await fetch(`${agent.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const text = await response.text();
-  return { status: response.status, body: text ? JSON.parse(text) : undefined };
-}
+const call = agentCaller(() => agent, secret);
 
-async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    await sleep(100);
-  }
-  throw new Error(`condition not met within ${timeoutMs} ms${lastError ? `: ${(lastError as Error).message}` : ''}`);
-}
 
 const running = (id: string) => eventually(async () => {
   const instance = Instance.parse((await call('GET', `/v1/instances/${id}`)).body);

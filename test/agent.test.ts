@@ -8,6 +8,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
 import { scramVerifier } from '#core/scram.ts';
+import { agentCaller, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 
 const secret = 'test-secret';
@@ -17,31 +18,8 @@ const runningAsRoot = process.getuid?.() === 0;
 let dataDir: string;
 let agent: AgentProcess;
 
-async function call(method: string, path: string, body?: unknown, token = secret): Promise<{ status: number; contentType: string | null; body: any }> {
-  const response = await fetch(`${agent.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const text = await response.text();
-  return { status: response.status, contentType: response.headers.get('content-type'), body: text ? JSON.parse(text) : undefined };
-}
+const call = agentCaller(() => agent, secret);
 
-/** Polls until `check` returns a value (not undefined), failing with the last error after the deadline. */
-async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await check();
-      if (value !== undefined) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    await sleep(100);
-  }
-  throw new Error(`condition not met within ${timeoutMs} ms${lastError ? `: ${(lastError as Error).message}` : ''}`);
-}
 
 async function instanceWithStatus(id: string, status: Instance['status']): Promise<Instance> {
   return eventually(async () => {

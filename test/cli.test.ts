@@ -1,42 +1,16 @@
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dbplane, type Run, succeeded } from './helpers/cli.ts';
 import { normalizeApiUrl } from '../cli/config.ts';
 import { startRuntime } from '../local/runtime.ts';
 
 /** The CLI as a user runs it: a child process through cli/bin.mjs, its config file in a temp folder. */
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-const bin = join(import.meta.dirname, '..', 'cli', 'bin.mjs');
 const provisioningTimeout = 180_000;
-
-function dbplane(args: string[], env: Record<string, string>): Promise<Run> {
-  // The developer's own DBPLANE_* settings must not leak into the test.
-  const base = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('DBPLANE_')));
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { env: { ...base, ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-/** Fails with the CLI's stderr, which says why, rather than with a bare exit code. */
-function succeeded(run: Run): Run {
-  if (run.code !== 0) throw new Error(`dbplane exited ${run.code}: ${run.stderr}`);
-  return run;
-}
 
 describe('dbplane CLI against the local runtime', () => {
   let runtime: Awaited<ReturnType<typeof startRuntime>>;
