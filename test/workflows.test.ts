@@ -256,6 +256,28 @@ describe('running locally through the Step Functions endpoint', () => {
     expect(sequence()).toEqual(['BeginOperation', 'RemoveInstance', 'FailOperation']);
   });
 
+  it('drills: restores into a scratch server, verifies, removes it, completes', async () => {
+    script.CheckRestore = (payload) => ({ ready: true, attempts: (payload.restoreProgress?.attempts ?? 0) + 1 });
+
+    const execution = await finished(await start('RestoreDrill', 'op-drill'));
+
+    expect(execution.status).toBe('SUCCEEDED');
+    expect(sequence()).toEqual(['BeginOperation', 'StartDrill', 'CheckRestore', 'VerifyDrill', 'RemoveScratch', 'CompleteOperation']);
+  });
+
+  it('drills: a failed check still removes the scratch server, then FailOperation', async () => {
+    script.CheckRestore = (payload) => ({ ready: true, attempts: (payload.restoreProgress?.attempts ?? 0) + 1 });
+    script.VerifyDrill = () => {
+      throw Object.assign(new Error('table a: could not read block 3'), { name: 'AgentRefused' });
+    };
+
+    const execution = await finished(await start('RestoreDrill', 'op-drill-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence().slice(-3)).toEqual(['VerifyDrill', 'RemoveScratch', 'FailOperation']);
+    expect(calls.at(-1)!.payload.error.Error).toBe('AgentRefused');
+  });
+
   it('answers a repeated start like AWS: same input while running is idempotent, other input is ExecutionAlreadyExists', async () => {
     let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));

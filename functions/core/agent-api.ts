@@ -20,6 +20,8 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   GET    /v1/archives/{id}/backups/{backupId}     → BackupJob | 404
  *   DELETE /v1/archives/{id}/backups/{backupId}     → 204 (every copy; absent is fine)
  *   GET    /v1/archives/{id}                        → ArchiveSummary (WAL archived so far)
+ *   POST   /v1/archives/{id}/wal-retention          WalRetention → WalRetentionResult (drops WAL no kept backup needs)
+ *   GET    /v1/instances/{id}/tables                → TableStats (row count of every user table, read in full)
  *   DELETE /v1/archives/{id}                        → 204 (purge: every backup and WAL segment of the database)
  *   PUT    /v1/instances/{id}/restores/{restoreId}  StartRestore → RestoreJob (starts in the background; idempotent)
  *   GET    /v1/instances/{id}/restores/{restoreId}  → RestoreJob | 404
@@ -126,6 +128,17 @@ export const ArchiveSummary = z.object({
   walSegments: z.number().int(),
 });
 export type ArchiveSummary = z.infer<typeof ArchiveSummary>;
+
+/** WAL older than where the oldest kept backup starts is of no use to any restore. */
+export const WalRetention = z.object({ keepFromBackupId: BackupId });
+export const WalRetentionResult = z.object({ removed: z.number().int() });
+
+/** What a restore drill checks on a scratch server: every user table read in full (corruption surfaces as an error). */
+export const TableStats = z.object({
+  tables: z.array(z.object({ database: z.string(), schema: z.string(), name: z.string(), rows: z.number().int() })),
+  totalRows: z.number().int(),
+});
+export type TableStats = z.infer<typeof TableStats>;
 
 export const StartRestore = z.object({
   /** `in_place`: the instance `{id}` exists and gets the restored data (its port and URL unchanged). `new`: creates instance `{id}` from `spec`. */

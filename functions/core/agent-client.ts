@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import {
   ArchiveSummary, BackupJob, downloadSignature, EnsureInstance, HostInfo, Instance, RestoreJob, type StartBackup, type StartRestore,
+  TableStats, WalRetentionResult,
 } from './agent-api.ts';
 import { config, envNames } from './config.ts';
 import { AgentRefused, AgentUnavailable } from './errors.ts';
@@ -43,6 +44,14 @@ export class AgentClient {
 
   async purgeArchive(databaseId: string): Promise<void> {
     await this.call('DELETE', `/v1/archives/${databaseId}`, undefined);
+  }
+
+  pruneWal(databaseId: string, keepFromBackupId: string): Promise<{ removed: number }> {
+    return this.call('POST', `/v1/archives/${databaseId}/wal-retention`, WalRetentionResult, { keepFromBackupId });
+  }
+
+  tableStats(instanceId: string): Promise<TableStats> {
+    return this.call('GET', `/v1/instances/${instanceId}/tables`, TableStats);
   }
 
   startRestore(instanceId: string, restoreId: string, request: StartRestore): Promise<RestoreJob> {

@@ -31,6 +31,9 @@ export const RestoreInput = z.object({
 }).loose();
 export type RestoreInput = z.infer<typeof RestoreInput>;
 
+/** The input a restore drill carries: the backup it restores and the scratch server it restores into. */
+export const DrillInput = z.object({ drilledBackupId: z.string(), scratchInstanceId: z.string() }).loose();
+
 /** The fields of a backup record once its job completed on the host. */
 export function backupOutcome(job: BackupJob): Partial<Backup> {
   return {
@@ -330,4 +333,40 @@ export async function pruneBackups(deps: BackupDeps, now: Date): Promise<{ datab
     }
   }
   return { databases: databases.length, removed };
+}
+
+/** A stable pseudo-random day of the week per database, so drills spread evenly over the week. */
+export function drillWeekday(databaseId: string): number {
+  let hash = 0;
+  for (const char of databaseId) hash = (hash * 31 + char.charCodeAt(0)) >>> 0;
+  return hash % 7;
+}
+
+/** How many drills one tick starts at most: drills restore whole backups, so they come in small batches. */
+export const drillBatchSize = 10;
+
+/**
+ * The restore drill schedule's tick: of the databases of this hour's slot, those whose drill day is
+ * today (each is drilled once a week), up to `drillBatchSize`, each restores its newest completed
+ * backup into a scratch server, checks it and records the result and the time it took.
+ */
+export async function runRestoreDrills(deps: Deps, now: Date): Promise<{ sampled: number; started: number }> {
+  const sampled = (await deps.store.listDatabasesByBackupHour(now.getUTCHours()))
+    .filter((d) => d.status === 'running' && drillWeekday(d.id) === now.getUTCDay())
+    .slice(0, drillBatchSize);
+  let started = 0;
+  for (const database of sampled) {
+    if (await startDrill(deps, database, now)) started++;
+  }
+  return { sampled: sampled.length, started };
+}
+
+/** Starts a drill of the database's newest completed backup; none when it has no backup yet. */
+export async function startDrill(deps: Deps, database: Database, now: Date): Promise<Operation | undefined> {
+  const newest = (await deps.store.listBackups(database.id)).find((b) => b.status === 'completed');
+  if (!newest) return undefined;
+  const operation = newOperation(database.id, database.accountId, 'drill', {}, now.toISOString());
+  operation.input = { drilledBackupId: newest.id, scratchInstanceId: `drill-${database.id.replace(/^db-/, '')}` };
+  await deps.store.putUnlockedOperation(operation);
+  return startWorkflow(deps, 'RestoreDrill', operation);
 }

@@ -18,6 +18,13 @@ export class EventPublisher {
     });
   }
 
+  /** A restore drill could not restore or read a backup: someone should look before that backup is needed. */
+  async restoreDrillFailed(operation: Pick<Operation, 'id' | 'databaseId' | 'accountId' | 'input'>, reason: string): Promise<void> {
+    await this.put(detailTypes.restoreDrillFailed, {
+      databaseId: operation.databaseId, accountId: operation.accountId, operationId: operation.id, backupId: operation.input.drilledBackupId, reason,
+    });
+  }
+
   async databaseStatusChanged(database: Pick<Database, 'id' | 'accountId'>, from: string, to: string, operationId?: string): Promise<void> {
     await this.put(detailTypes.databaseStatusChanged, { databaseId: database.id, accountId: database.accountId, operationId, from, to });
   }

@@ -49,7 +49,8 @@ export function databaseView({ passwordVerifier: _verifier, rev: _rev, lastSched
   return endpoint ? { ...database, url: `postgresql://${username}@${endpoint.host}:${endpoint.port}/${databaseName}` } : database;
 }
 
-export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore']);
+/** `drill`: a restore drill, which restores into a scratch server and holds no lock on the database. */
+export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore', 'drill']);
 export type OperationKind = z.infer<typeof OperationKind>;
 
 export const OperationStatus = z.enum(['pending', 'running', 'succeeded', 'failed', 'rolled_back']);
@@ -75,6 +76,8 @@ export const Operation = z.object({
   input: z.record(z.string(), z.unknown()),
   steps: z.array(OperationStep),
   error: z.string().optional(),
+  /** What the operation found (a drill: the backup, the tables and the time to restore). */
+  result: z.record(z.string(), z.unknown()).optional(),
   executionArn: z.string().optional(),
   createdAt: z.string(),
   updatedAt: z.string(),

@@ -1,7 +1,7 @@
 import type { EnsureInstance, StartRestore } from './agent-api.ts';
 import { findPlan, postgresSettings } from './catalog.ts';
 import type { AgentClient } from './agent-client.ts';
-import { backupOutcome, RestoreInput } from './backups.ts';
+import { backupOutcome, DrillInput, RestoreInput } from './backups.ts';
 import { BackupFailed, InstanceFailed, RestoreFailed } from './errors.ts';
 import type { EventPublisher } from './events.ts';
 import { type KeyWrapper, newWrappedDataKey } from './keys.ts';
@@ -110,9 +110,10 @@ export async function startRestore(deps: Pick<StepDeps, 'store' | 'agent'>, inpu
   await deps.agent.startRestore(database.id, operation.id, request);
 }
 
-export async function checkRestore(agent: AgentClient, input: StepInput & { restoreProgress?: PollResult }): Promise<PollResult> {
+export async function checkRestore(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { restoreProgress?: PollResult }): Promise<PollResult> {
   const attempts = (input.restoreProgress?.attempts ?? 0) + 1;
-  const job = await agent.getRestore(input.databaseId, input.operationId);
+  const { operation } = await load(deps.store, input);
+  const job = await deps.agent.getRestore(restoreTarget(operation), input.operationId);
   if (!job) throw new RestoreFailed('the restore is unknown to the host');
   if (job.status === 'failed') throw new RestoreFailed(job.reason ?? 'the restore failed');
   return { ready: job.status === 'completed', attempts };
@@ -125,6 +126,55 @@ export async function purgeBackups(deps: Pick<StepDeps, 'store' | 'agent'>, inpu
   await deps.agent.purgeArchive(operation.databaseId);
   for (const backup of await deps.store.listBackups(operation.databaseId)) await deps.store.deleteBackup(operation.databaseId, backup.id);
   await deps.store.deleteDataKeys(operation.databaseId);
+}
+
+/** Where a restore operation restores to: the database's own instance, or a drill's scratch server. */
+function restoreTarget(operation: Operation): string {
+  return operation.kind === 'drill' ? DrillInput.parse(operation.input).scratchInstanceId : operation.databaseId;
+}
+
+/** A drill restores the backup into a scratch server that has no data key (it archives nothing) and the database's role. */
+export async function startDrill(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  const drill = DrillInput.parse(operation.input);
+  const backup = await deps.store.getBackup(database.id, drill.drilledBackupId);
+  if (!backup) throw new RestoreFailed(`backup ${drill.drilledBackupId} is gone`);
+  const { dataKey: _none, ...spec } = await instanceSpec(deps.store, database);
+  await deps.agent.startRestore(drill.scratchInstanceId, operation.id, {
+    mode: 'new',
+    source: { databaseId: database.id, backupId: backup.id, dataKey: await wrappedKeyOf(deps.store, { id: database.id, dataKeyVersion: backup.keyVersion }) },
+    spec,
+  });
+}
+
+/**
+ * Checks the restored scratch server: it accepts connections and every user table reads in full.
+ * Records what it found and the time from the drill's start to here (the RTO of this backup).
+ */
+export async function verifyDrill(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation } = await load(deps.store, input);
+  const drill = DrillInput.parse(operation.input);
+  const stats = await deps.agent.tableStats(drill.scratchInstanceId);
+  await deps.store.setOperationResult(operation, {
+    backupId: drill.drilledBackupId,
+    // The restore read a copy whose SHA-256 matched the one recorded at backup time, and every chunk's GCM tag.
+    checksumVerified: true,
+    tables: stats.tables.length,
+    totalRows: stats.totalRows,
+    recoverySeconds: Math.round((Date.now() - Date.parse(operation.createdAt)) / 100) / 10,
+  });
+}
+
+export async function removeScratch(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation } = await load(deps.store, input);
+  await deps.agent.deleteInstance(DrillInput.parse(operation.input).scratchInstanceId);
+}
+
+/** A drill ends without touching the database: only its operation, and an alarm event when it failed. */
+async function finishDrill(deps: Omit<StepDeps, 'agent'>, operation: Operation, outcome: { status: Operation['status']; error?: string; at: string }) {
+  if (!(await deps.store.finishUnlockedOperation(operation, outcome))) return;
+  await deps.events.operationFinished({ ...operation, ...outcome, finishedAt: outcome.at });
+  if (outcome.status !== 'succeeded') await deps.events.restoreDrillFailed(operation, outcome.error ?? 'unknown error');
 }
 
 /** A restore into a new database that failed leaves nothing behind; in place, the agent has already put the old data back. */
@@ -148,6 +198,7 @@ export async function removeInstance(agent: AgentClient, input: StepInput): Prom
 export async function completeOperation(deps: StepDeps, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
   const at = new Date().toISOString();
+  if (operation.kind === 'drill') return finishDrill(deps, operation, { status: 'succeeded', at });
   const newServer = async (): Promise<FinishChanges> => {
     const instance = await deps.agent.getInstance(database.id);
     if (!instance) throw new InstanceFailed('the server is gone from its host');
@@ -158,6 +209,7 @@ export async function completeOperation(deps: StepDeps, input: StepInput): Promi
     deprovision: async () => ({ status: 'deleted', deleted: { accountId: database.accountId, name: database.name }, purged: operation.input.purge === true }),
     backup: async () => ({ status: 'running' }),
     restore: async () => (RestoreInput.parse(operation.input).into === 'new' ? newServer() : { status: 'running' }),
+    drill: async () => ({ status: database.status }),
   };
   await finish(deps, operation, database, { status: 'succeeded', at }, await changes[operation.kind]());
 }
@@ -167,8 +219,9 @@ type FinishChanges = Parameters<Store['finishOperation']>[2];
 /** Ends the operation as failed with the caught error's reason, releasing the lock. */
 export async function failOperation(deps: Omit<StepDeps, 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
-  const reason = failureReason(input.error);
+  const reason = failureReason(input.error ?? input.cleanupError);
   const at = new Date().toISOString();
+  if (operation.kind === 'drill') return finishDrill(deps, operation, { status: 'failed', error: reason, at });
   // A backup that did not complete is recorded as failed with the operation, never left `running`.
   const backupId = operation.input.backupId as string | undefined;
   const backup = backupId ? await deps.store.getBackup(operation.databaseId, backupId) : undefined;
@@ -237,6 +290,7 @@ export async function reapOperation(deps: ReaperDeps, ref: Pick<Operation, 'id' 
   const input = { operationId: operation.id, databaseId: operation.databaseId };
   if (operation.kind === 'provision') await removeInstance(deps.agent, input);
   if (operation.kind === 'restore') await abandonRestore(deps, input);
+  if (operation.kind === 'drill') await removeScratch(deps, input);
   await failOperation(deps, { ...input, error: { Error: 'ExecutionLost', Cause: 'the workflow stopped before the operation finished; cleaned up' } });
   return true;
 }

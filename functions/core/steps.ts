@@ -16,6 +16,8 @@ export const StepInput = z.object({
   health: z.object({ ready: z.boolean(), attempts: z.number().int() }).optional(),
   /** The error a Catch put at `$.error`. */
   error: z.object({ Error: z.string(), Cause: z.string().optional() }).optional(),
+  /** The error of a cleanup step, kept apart from `$.error`. */
+  cleanupError: z.object({ Error: z.string(), Cause: z.string().optional() }).optional(),
 }).loose();
 export type StepInput = z.infer<typeof StepInput>;
 

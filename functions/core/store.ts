@@ -231,6 +231,43 @@ export class Store {
 
   // ---- operations
 
+  /** Records an operation that takes no lock (a restore drill reads backups; the database is not touched). */
+  async putUnlockedOperation(operation: Operation): Promise<void> {
+    await this.doc.send(new PutCommand({ TableName: this.table, Item: this.operationItem(operation), ConditionExpression: 'attribute_not_exists(pk)' }));
+  }
+
+  /** Ends an operation that took no lock; once only (a retry finds it finished and changes nothing). */
+  async finishUnlockedOperation(
+    operation: Pick<Operation, 'id' | 'databaseId'>,
+    outcome: { status: OperationStatus; error?: string; at: string },
+  ): Promise<boolean> {
+    try {
+      await this.doc.send(new UpdateCommand({
+        TableName: this.table,
+        Key: opKey(operation.databaseId, operation.id),
+        UpdateExpression: `SET #status = :status, finishedAt = :at, updatedAt = :at${outcome.error ? ', #error = :error' : ''} REMOVE gsi2pk, gsi2sk`,
+        ConditionExpression: 'attribute_exists(pk) AND attribute_not_exists(finishedAt)',
+        ExpressionAttributeNames: { '#status': 'status', ...(outcome.error ? { '#error': 'error' } : {}) },
+        ExpressionAttributeValues: { ':status': outcome.status, ':at': outcome.at, ...(outcome.error ? { ':error': outcome.error } : {}) },
+      }));
+      return true;
+    } catch (error) {
+      if (error instanceof ConditionalCheckFailedException) return false;
+      throw error;
+    }
+  }
+
+  /** Records what an operation found, before it ends. */
+  async setOperationResult(operation: Pick<Operation, 'id' | 'databaseId'>, result: Record<string, unknown>): Promise<void> {
+    await this.doc.send(new UpdateCommand({
+      TableName: this.table,
+      Key: opKey(operation.databaseId, operation.id),
+      UpdateExpression: 'SET #result = :result',
+      ExpressionAttributeNames: { '#result': 'result' },
+      ExpressionAttributeValues: { ':result': result },
+    }));
+  }
+
   private operationItem(operation: Operation) {
     const { steps, ...rest } = operation;
     return {

@@ -7,6 +7,7 @@ export const eventSource = 'dbplane';
 export const detailTypes = {
   operationFinished: 'dbplane.operation.finished',
   databaseStatusChanged: 'dbplane.database.status-changed',
+  restoreDrillFailed: 'dbplane.restore-drill.failed',
 } as const;
 
 export interface EventRule {

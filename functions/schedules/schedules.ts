@@ -39,4 +39,11 @@ export const schedules: readonly Schedule[] = [
     handler: 'handler',
     description: "removes backups that fell out of retention, in every copy, for this hour's databases; shreds a deleted database's key once nothing is left",
   },
+  {
+    id: 'RestoreDrill',
+    expression: 'rate(1 hour)',
+    entry: 'functions/schedules/restore-drill.ts',
+    handler: 'handler',
+    description: "restores the newest backup of a sample of this hour's databases (each once a week) into a scratch server, checks it, records the time it took; a failure is an event",
+  },
 ];

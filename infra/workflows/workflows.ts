@@ -58,6 +58,7 @@ export class Workflows extends Construct {
       Deprovision: this.stateMachine('Deprovision', timeout, (scope) => this.deprovision(scope)),
       Backup: this.stateMachine('Backup', timeout, (scope) => this.backup(scope)),
       Restore: this.stateMachine('Restore', timeout, (scope) => this.restore(scope)),
+      RestoreDrill: this.stateMachine('RestoreDrill', timeout, (scope) => this.restoreDrill(scope)),
     };
   }
 
@@ -232,5 +233,32 @@ export class Workflows extends Construct {
       { onReady: startRestore.next(waitForRestore), onTimeout: cleanup, onError: cleanup },
     );
     return begin.next(createKey).next(startBackup).next(waitForUndoBackup);
+  }
+
+  /**
+   * BeginOperation → StartDrill → poll CheckRestore → VerifyDrill → RemoveScratch → CompleteOperation.
+   * Any failure also goes through RemoveScratch (one state for both paths), then FailOperation → Failed.
+   * A drill holds no lock: it reads the database's backups and never touches the database.
+   */
+  private restoreDrill(scope: Construct): sfn.IChainable {
+    const failure = this.failure(scope);
+    const complete = this.task(scope, 'CompleteOperation');
+    complete.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.error });
+    const removeScratch = this.task(scope, 'RemoveScratch');
+    removeScratch.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
+    const failed = sfn.Condition.or(sfn.Condition.isPresent(paths.error), sfn.Condition.isPresent(paths.cleanupError));
+    removeScratch.next(new sfn.Choice(scope, stateNames.drillFailed, { stateName: stateNames.drillFailed })
+      .when(failed, failure)
+      .otherwise(complete.next(this.succeed(scope))));
+
+    const [begin, start, verify] = this.sequence(scope, ['BeginOperation', 'StartDrill', 'VerifyDrill'], removeScratch);
+    const waitForRestore = this.poll(
+      scope,
+      { wait: stateNames.waitForRestore, check: 'CheckRestore', choice: stateNames.isRestoreDone, timedOut: stateNames.restoreTimedOut },
+      polls.restore,
+      paths.restoreProgress,
+      { onReady: verify.next(removeScratch), onTimeout: removeScratch, onError: removeScratch },
+    );
+    return begin.next(start).next(waitForRestore);
   }
 }
