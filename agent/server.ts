@@ -1,7 +1,9 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { z } from 'zod';
-import { BackupId, EnsureInstance, Fault, InstanceId, RestoreId, StartBackup, StartRestore, type HostInfo } from '#core/agent-api.ts';
+import {
+  BackupId, EnsureInstance, Fault, InstanceId, RestoreId, StartBackup, StartRestore, WalRetention, type HostInfo,
+} from '#core/agent-api.ts';
 import {
   BadRequest, DomainError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType,
 } from '#core/errors.ts';
@@ -9,6 +11,7 @@ import type { BackupService } from './backups/service.ts';
 import type { Faults } from './faults.ts';
 import type { InstanceManager } from './instances.ts';
 import { errorMessage, log } from './log.ts';
+import { tableStats } from './tables.ts';
 
 export interface AgentServices {
   host: HostInfo;
@@ -71,6 +74,15 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
       },
     },
     {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/tables$/,
+      methods: {
+        GET: async ({ id }) => {
+          const instanceId = parse(InstanceId, id, '/id');
+          return { status: 200, body: await tableStats(instanceId, instances.describe(instanceId)) };
+        },
+      },
+    },
+    {
       path: /^\/v1\/instances\/(?<id>[^/]+)\/backups\/(?<backupId>[^/]+)$/,
       methods: {
         PUT: async ({ id, backupId }, body) => {
@@ -101,6 +113,15 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
         DELETE: async ({ id }) => {
           await backups.purge(parse(InstanceId, id, '/id'));
           return { status: 204 };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/archives\/(?<id>[^/]+)\/wal-retention$/,
+      methods: {
+        POST: async ({ id }, body) => {
+          const { keepFromBackupId } = parse(WalRetention, await body(), '/body');
+          return { status: 200, body: await backups.pruneWal(parse(InstanceId, id, '/id'), keepFromBackupId) };
         },
       },
     },

@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { chown, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  ArchiveSummary, BackupJob, downloadSignature, HostInfo, Instance, RestoreJob,
+  ArchiveSummary, BackupJob, downloadSignature, HostInfo, Instance, RestoreJob, TableStats, WalRetentionResult,
   type EnsureInstance, type StartRestore, type WrappedKey,
 } from '#core/agent-api.ts';
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
@@ -59,6 +59,29 @@ async function query<T extends pg.QueryResultRow>(port: number, sql: string): Pr
     await client.end();
   }
 }
+
+/** As the agent's admin role, over the instance's unix socket (what pg_switch_wal and SHOW need). */
+async function adminQuery<T extends pg.QueryResultRow>(port: number, sql: string): Promise<T[]> {
+  const client = new pg.Client({ host: join(tempDir, 'agent', 'sockets', String(port)), port, user: 'dbplane_admin', database: 'app' });
+  await client.connect();
+  try {
+    return (await client.query<T>(sql)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+/** Ends the current WAL segment and waits until the archive holds it. */
+async function switchWal(id: string, port: number): Promise<string> {
+  const [{ wal }] = await adminQuery<{ wal: string }>(port, 'SELECT pg_walfile_name(pg_switch_wal()) AS wal');
+  await eventually(async () => stat(join(backupDir, 'zone-c', id, 'wal', `${wal}.json`)).then(() => true), 30_000);
+  return wal;
+}
+
+/** The WAL objects of a database's archive in one zone. */
+const walObjects = async (zone: string, id: string) => readdir(join(backupDir, zone, id, 'wal')).catch(() => [] as string[]);
+const storedMeta = async (zone: string, id: string, backupId: string) =>
+  JSON.parse(await readFile(join(backupDir, zone, id, 'base', `${backupId}.json`), 'utf8')) as { startWal?: string };
 
 const runningAsRoot = process.getuid?.() === 0;
 
@@ -361,6 +384,170 @@ describe('agent backups and restores', () => {
     expect((await call('DELETE', '/v1/instances/old-db')).status).toBe(204);
     expect((await call('DELETE', '/v1/archives/old-db')).status).toBe(204);
   }, 120_000);
+
+  describe('WAL retention, table stats and restores past the archive', () => {
+    const walDb = 'wal-db';
+    let walKey: WrappedKey;
+    let walPort: number;
+    const keptA = ids('bk');
+    const keptB = ids('bk');
+    let startOfB: string;
+    let pitrPort: number;
+    let pitrSpec: EnsureInstance;
+
+    it('archives with a 5 s archive_timeout (the RPO) and records where a backup starts in the WAL', async () => {
+      walKey = { version: 1, wrapped: await newWrappedDataKey(wrapper, walDb) };
+      await call('PUT', `/v1/instances/${walDb}`, { ...spec, dataKey: walKey });
+      walPort = (await running(walDb)).port;
+      await query(walPort, 'CREATE TABLE events (id int PRIMARY KEY)');
+      await query(walPort, 'CREATE TABLE tags AS SELECT g AS id FROM generate_series(1, 50) g');
+      await query(walPort, 'INSERT INTO events VALUES (1)');
+
+      await call('PUT', `/v1/instances/${walDb}/backups/${keptA}`, { kind: 'manual' });
+
+      expect(await backupDone(walDb, keptA)).toMatchObject({ status: 'completed' });
+      expect(await adminQuery(walPort, 'SHOW archive_timeout')).toEqual([{ archive_timeout: '5s' }]);
+      for (const zone of ['zone-a', 'zone-b', 'zone-c']) expect((await storedMeta(zone, walDb, keptA)).startWal).toMatch(/^00000001[0-9A-F]{16}$/);
+    }, 60_000);
+
+    it('prunes, in every zone, the WAL before the kept backup across timelines, and keeps timeline histories', async () => {
+      // WAL on timeline 1 after A, then a restore in place to A (timeline 2), then B on timeline 2.
+      await query(walPort, 'INSERT INTO events VALUES (2)');
+      await switchWal(walDb, walPort);
+      const toA = ids('op');
+      await call('PUT', `/v1/instances/${walDb}/restores/${toA}`, { mode: 'in_place', source: { databaseId: walDb, backupId: keptA, dataKey: walKey } });
+      expect(await restoreDone(walDb, toA)).toMatchObject({ status: 'completed' });
+      await query(walPort, 'INSERT INTO events VALUES (3)');
+      await switchWal(walDb, walPort);
+      await call('PUT', `/v1/instances/${walDb}/backups/${keptB}`, { kind: 'manual' });
+      expect(await backupDone(walDb, keptB)).toMatchObject({ status: 'completed' });
+      startOfB = (await storedMeta('zone-a', walDb, keptB)).startWal!;
+      expect(startOfB).toMatch(/^00000002[0-9A-F]{16}$/);
+      const segment = /^([0-9A-F]{24})(\.partial|\.[0-9A-F]{8}\.backup|)\.(enc|json)$/;
+      const before = (names: string[]) => names.filter((n) => segment.test(n) && n.slice(8, 24) < startOfB.slice(8));
+      const doomed = new Set(before(await walObjects('zone-b', walDb)).map((n) => n.replace(/\.(enc|json)$/, '')));
+      expect([...doomed].some((n) => n.startsWith('00000001'))).toBe(true);
+
+      const pruned = await call('POST', `/v1/archives/${walDb}/wal-retention`, { keepFromBackupId: keptB });
+
+      expect(pruned.status).toBe(200);
+      expect(WalRetentionResult.parse(pruned.body)).toEqual({ removed: doomed.size });
+      for (const zone of ['zone-a', 'zone-b', 'zone-c']) {
+        const left = await walObjects(zone, walDb);
+        expect(before(left)).toEqual([]);
+        expect(left).toEqual(expect.arrayContaining([`${startOfB}.enc`, `${startOfB}.json`, '00000002.history.enc', '00000002.history.json']));
+      }
+      expect((await call('POST', `/v1/archives/${walDb}/wal-retention`, { keepFromBackupId: keptB })).body).toEqual({ removed: 0 });
+    }, 120_000);
+
+    it('finds the start of a backup recorded without it in its backup_label, and records it', async () => {
+      const recorded = (await storedMeta('zone-a', walDb, keptA)).startWal;
+      for (const zone of ['zone-a', 'zone-b', 'zone-c']) {
+        const { startWal: _, ...rest } = await storedMeta(zone, walDb, keptA);
+        await writeFile(join(backupDir, zone, walDb, 'base', `${keptA}.json`), JSON.stringify(rest));
+      }
+
+      const pruned = await call('POST', `/v1/archives/${walDb}/wal-retention`, { keepFromBackupId: keptA });
+
+      expect(pruned).toMatchObject({ status: 200, body: { removed: 0 } });
+      expect((await storedMeta('zone-c', walDb, keptA)).startWal).toBe(recorded);
+    }, 60_000);
+
+    it('refuses to prune from a backup that is unknown (404) or did not complete (409)', async () => {
+      const failing = ids('bk');
+      await call('PUT', '/v1/faults', { operation: 'backup', instanceId: walDb, message: 'no' });
+      await call('PUT', `/v1/instances/${walDb}/backups/${failing}`, { kind: 'manual' });
+      expect(await backupDone(walDb, failing)).toMatchObject({ status: 'failed' });
+
+      const unknown = await call('POST', `/v1/archives/${walDb}/wal-retention`, { keepFromBackupId: ids('bk') });
+      const failed = await call('POST', `/v1/archives/${walDb}/wal-retention`, { keepFromBackupId: failing });
+      const invalid = await call('POST', `/v1/archives/${walDb}/wal-retention`, { keepFromBackupId: 'latest' });
+
+      expect([unknown.status, failed.status, invalid.status]).toEqual([404, 409, 400]);
+      expect(invalid.body.errors).toEqual([expect.objectContaining({ pointer: '/body/keepFromBackupId' })]);
+    });
+
+    it('still restores the kept backup to a point in time after it, once older WAL is gone', async () => {
+      await query(walPort, 'INSERT INTO events VALUES (4)');
+      const [{ at }] = await query<{ at: string }>(walPort, `SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS at`);
+      await query(walPort, 'INSERT INTO events VALUES (5)');
+      const restoreId = ids('op');
+
+      await call('PUT', `/v1/instances/wal-pitr/restores/${restoreId}`, {
+        mode: 'new', source: { databaseId: walDb, backupId: keptB, dataKey: walKey }, pointInTime: at,
+        spec: pitrSpec = { ...spec, dataKey: { version: 1, wrapped: await newWrappedDataKey(wrapper, 'wal-pitr') } },
+      } satisfies StartRestore);
+
+      expect(await restoreDone('wal-pitr', restoreId)).toMatchObject({ status: 'completed', recoveredTo: at });
+      pitrPort = (await running('wal-pitr')).port;
+      expect(await query(pitrPort, 'SELECT id FROM events ORDER BY id')).toEqual([{ id: 1 }, { id: 3 }, { id: 4 }]);
+    }, 120_000);
+
+    it('counts the rows of every user table of an instance', async () => {
+      const stats = await call('GET', '/v1/instances/wal-pitr/tables');
+
+      expect(stats.status).toBe(200);
+      expect(TableStats.parse(stats.body)).toEqual({
+        tables: [
+          { database: 'app', schema: 'public', name: 'events', rows: 3 },
+          { database: 'app', schema: 'public', name: 'tags', rows: 50 },
+        ],
+        totalRows: 53,
+      });
+      expect((await call('GET', '/v1/instances/nowhere-db/tables')).status).toBe(404);
+    });
+
+    it('answers 422 naming a table whose pages cannot be read', async () => {
+      await query(pitrPort, 'CREATE TABLE broken AS SELECT g AS id FROM generate_series(1, 100) g');
+      const [{ file }] = await adminQuery<{ file: string }>(pitrPort, "SELECT pg_relation_filepath('broken') AS file");
+      await adminQuery(pitrPort, 'CHECKPOINT');
+      // A restart empties shared buffers: the next read of the table comes from the file.
+      await call('PUT', '/v1/instances/wal-pitr', { ...pitrSpec, settings: { ...pitrSpec.settings, work_mem: '5MB' } });
+      await running('wal-pitr');
+      const path = join(tempDir, 'agent', 'instances', 'wal-pitr', 'data', file);
+      const handle = await open(path, 'r+');
+      await handle.write(Buffer.alloc(8, 0xff), 0, 8, 12); // pd_lower, pd_upper, pd_special, pd_pagesize_version of page 0
+      await handle.close();
+
+      const stats = await call('GET', '/v1/instances/wal-pitr/tables');
+
+      expect(stats.status).toBe(422);
+      expect(stats.body.detail).toMatch(/table "public"\."broken" in database app could not be read: invalid page in block 0/);
+      await query(pitrPort, 'DROP TABLE broken');
+    }, 60_000);
+
+    it('restores the kept backup in place, once older WAL is gone', async () => {
+      const restoreId = ids('op');
+
+      await call('PUT', `/v1/instances/${walDb}/restores/${restoreId}`, { mode: 'in_place', source: { databaseId: walDb, backupId: keptB, dataKey: walKey } });
+
+      expect(await restoreDone(walDb, restoreId)).toMatchObject({ status: 'completed' });
+      expect(await query(walPort, 'SELECT id FROM events ORDER BY id')).toEqual([{ id: 1 }, { id: 3 }]);
+    }, 120_000);
+
+    it('restores to the end of the archive when the target is past it and the source is gone (host lost)', async () => {
+      await query(walPort, 'INSERT INTO events VALUES (6)');
+      const [{ committed }] = await query<{ committed: Date }>(walPort, 'SELECT clock_timestamp() AS committed');
+      await switchWal(walDb, walPort);
+      expect((await call('DELETE', `/v1/instances/${walDb}`)).status).toBe(204);
+      const restoreId = ids('op');
+      const now = new Date().toISOString();
+
+      await call('PUT', `/v1/instances/wal-end/restores/${restoreId}`, {
+        mode: 'new', source: { databaseId: walDb, backupId: keptB, dataKey: walKey }, pointInTime: now,
+        spec: { ...spec, dataKey: { version: 1, wrapped: await newWrappedDataKey(wrapper, 'wal-end') } },
+      } satisfies StartRestore);
+
+      const job = await restoreDone('wal-end', restoreId);
+      expect(job.status).toBe('completed');
+      // The last commit replayed: row 6's, a moment before clock_timestamp() read after it.
+      expect(Date.parse(job.recoveredTo!)).toBeLessThanOrEqual(committed.getTime());
+      expect(Date.parse(job.recoveredTo!)).toBeGreaterThan(committed.getTime() - 5_000);
+      expect(await query((await running('wal-end')).port, 'SELECT id FROM events ORDER BY id')).toEqual([{ id: 1 }, { id: 3 }, { id: 6 }]);
+      for (const id of ['wal-pitr', 'wal-end']) expect((await call('DELETE', `/v1/instances/${id}`)).status).toBe(204);
+      for (const id of [walDb, 'wal-pitr', 'wal-end']) expect((await call('DELETE', `/v1/archives/${id}`)).status).toBe(204);
+    }, 120_000);
+  });
 
   it('keeps backup jobs across an agent restart; one that was running reads back as failed', async () => {
     const interrupted = ids('bk');

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { drillWeekday } from '../functions/core/backups.ts';
 import { LocalKeyWrapper } from '../functions/core/keys.ts';
 import { localDynamoClient } from '../local/dynamodb.ts';
 import { type ApiClient, apiClient, newTenant } from './helpers/api.ts';
@@ -201,6 +202,42 @@ describe('point-in-time recovery', () => {
     expect(entries.map((e) => e.body).sort()).toEqual(['before backup', 'first']);
   }, 180_000);
 
+  it('follows the timeline a restore in place started, and still reaches instants before that restore', async () => {
+    const db = await createRunning(alice.api, 'branches');
+    const write = async (body: string) => {
+      const client = await connect(db.database.url, db.password);
+      await client.query('create table if not exists t (body text)');
+      await client.query('insert into t values ($1)', [body]);
+      await client.end();
+    };
+    const instant = async () => {
+      await sleep(1100);
+      const at = new Date().toISOString();
+      await sleep(1100);
+      return at;
+    };
+    await write('base');
+    const base = await takeBackup(alice.api, 'branches');
+    await write('old branch');
+    const beforeRestore = await instant();
+    await write('old branch, later');
+    await restore(alice.api, 'branches', { backupId: base.id, into: 'same' });
+    await write('new branch');
+    const afterRestore = await instant();
+    await write('new branch, later');
+
+    const contents = async (pointInTime: string, name: string) => {
+      const { started, operation } = await restore(alice.api, 'branches', { pointInTime, into: 'new', name });
+      expect(operation.status, operation.error).toBe('succeeded');
+      const client = await connect((await alice.api.get(`/databases/${name}`)).body.url, started.password);
+      const { rows: found } = await client.query<{ body: string }>('select body from t order by body');
+      await client.end();
+      return found.map((r) => r.body);
+    };
+    expect(await contents(afterRestore, 'branches-new')).toEqual(['base', 'new branch']);
+    expect(await contents(beforeRestore, 'branches-old')).toEqual(['base', 'old branch']);
+  }, 240_000);
+
   it('refuses an instant outside the recovery window (422), naming the window', async () => {
     const answer = await alice.api.post('/databases/shop/restore', { pointInTime: '2020-01-01T00:00:00Z', into: 'same' });
 
@@ -322,14 +359,72 @@ describe('schedules', () => {
     const old = await scheduledOn(1);
     const newest = await scheduledOn(2);
 
+    const walSegments = async () => {
+      const response = await fetch(`${runtime.agentUrl}/v1/archives/${db.id}`, { headers: { authorization: `Bearer ${runtime.agentSecret}` } });
+      return ((await response.json()) as { walSegments: number }).walSegments;
+    };
+    const segmentsBefore = await walSegments();
+
     const inFiveWeeks = new Date(Date.now() + 35 * 86_400_000);
     inFiveWeeks.setUTCHours(4, 30);
     await runtime.fireSchedule('BackupPruner', inFiveWeeks);
+
+    expect(await walSegments()).toBeLessThan(segmentsBefore);
 
     const left = (await alice.api.get('/databases/pruned/backups')).body.backups.map((b: { id: string }) => b.id);
     expect(left).toEqual([newest.id]);
     expect(storedFiles(db.id).some((file) => file.includes(old.id))).toBe(false);
     expect(storedFiles(db.id).some((file) => file.includes(newest.id))).toBe(true);
+  }, 120_000);
+});
+
+describe('restore drills', () => {
+  /** The next instant at the database's backup hour on its drill day, when the drill schedule picks it. */
+  function drillTime(database: { id: string; backupHour: number }): Date {
+    const at = new Date();
+    at.setUTCHours(database.backupHour, 10, 0, 0);
+    while (at.getUTCDay() !== drillWeekday(database.id)) at.setUTCDate(at.getUTCDate() + 1);
+    return at;
+  }
+
+  async function drillOf(databaseId: string) {
+    const operations = (await alice.api.get(`/databases/${databaseId}/operations`)).body.operations;
+    const drill = operations.find((o: { kind: string }) => o.kind === 'drill');
+    expect(drill).toBeDefined();
+    return alice.api.waitForOperation(drill.id, 120_000);
+  }
+
+  it('restores the newest backup into a scratch server, reads every table, records the time it took', async () => {
+    const db = await createRunning(alice.api, 'drilled');
+    const client = await connect(db.database.url, db.password);
+    await client.query('create table a (n int); insert into a select generate_series(1, 500); create table b (n int); insert into b values (1)');
+    await client.end();
+    const backup = await takeBackup(alice.api, 'drilled');
+
+    await runtime.fireSchedule('RestoreDrill', drillTime(db.database));
+    const drill = await drillOf(db.id);
+
+    expect(drill.status, drill.error).toBe('succeeded');
+    expect(drill.result).toMatchObject({ backupId: backup.id, checksumVerified: true, tables: 2, totalRows: 501 });
+    expect(drill.result.recoverySeconds).toBeGreaterThan(0);
+    expect(await agentCall('GET', `/v1/instances/${drill.input.scratchInstanceId}`)).toBe(404);
+    expect((await alice.api.get('/databases/drilled')).body).toMatchObject({ status: 'running' });
+  }, 120_000);
+
+  it('sends an event when a drill fails, and leaves no scratch server behind', async () => {
+    const db = await createRunning(alice.api, 'undrillable');
+    const backup = await takeBackup(alice.api, 'undrillable');
+    for (const file of storedFiles(db.id).filter((f) => f.includes(backup.id) && f.endsWith('.enc'))) writeFileSync(file, 'not a backup');
+
+    await runtime.fireSchedule('RestoreDrill', drillTime(db.database));
+    const drill = await drillOf(db.id);
+    await runtime.drainEvents();
+
+    expect(drill.status).toBe('failed');
+    expect(drill.error).toContain(backup.id);
+    const events = (await alice.api.get('/databases/undrillable/events')).body.events;
+    expect(events.find((e: { type: string }) => e.type === 'dbplane.restore-drill.failed')).toMatchObject({ operationId: drill.id });
+    expect(await agentCall('GET', `/v1/instances/${drill.input.scratchInstanceId}`)).toBe(404);
   }, 120_000);
 });
 

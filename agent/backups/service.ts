@@ -71,6 +71,11 @@ const BackupMeta = z.object({
   version: z.string(),
   /** The data key it is sealed with, wrapped by the master key (envelope encryption): downloads and restores outlive the instance. */
   wrappedKey: WrappedKey,
+  /**
+   * The WAL segment the backup starts in (backup_label's START WAL LOCATION): no restore of it needs
+   * WAL before. Recorded once the backup completes; absent on backups older than this field.
+   */
+  startWal: z.string().regex(/^[0-9A-F]{24}$/).optional(),
 });
 type BackupMeta = z.infer<typeof BackupMeta>;
 
@@ -140,7 +145,10 @@ export function createBackupService(options: BackupServiceOptions) {
     return [
       'wal_level = replica',
       'archive_mode = on',
-      'archive_timeout = 60',
+      // The RPO: a segment is forced out (and archived) at most 5 s after a write, so losing the host
+      // loses ~5 s of commits at most (plus the archiving itself). A segment forced out after little
+      // WAL is still 16 MiB, mostly empty pages, which gzip shrinks to ~70 kB (bench/rpo.ts measures it).
+      'archive_timeout = 5',
       `archive_command = ${quoteSetting(await walCommand('push', databaseId, '%p'))}`,
       `restore_command = ${quoteSetting(await walCommand('fetch', databaseId, '%p'))}`,
     ];
@@ -194,6 +202,20 @@ export function createBackupService(options: BackupServiceOptions) {
     return result!;
   }
 
+  async function summary(databaseId: string): Promise<ArchiveSummary> {
+    const names = (await store.list(`${databaseId}/wal`)).filter((n) => n.endsWith('.enc'));
+    let newest = 0;
+    for (const name of names) {
+      const meta = WalMeta.safeParse(await store.getJson(walMetaKey(databaseId, name.slice(0, -'.enc'.length))));
+      if (meta.success) newest = Math.max(newest, Date.parse(meta.data.archivedAt));
+    }
+    return {
+      databaseId,
+      ...(newest > 0 ? { lastWalArchivedAt: new Date(newest).toISOString() } : {}),
+      walSegments: names.filter((n) => walSegment.test(n.slice(0, -'.enc'.length))).length,
+    };
+  }
+
   // ---- base backups
 
   async function findBackup(databaseId: string, backupId: string): Promise<BackupMeta | undefined> {
@@ -225,15 +247,15 @@ export function createBackupService(options: BackupServiceOptions) {
       runningBackups.set(`${id}/${backupId}`, meta);
       await store.putJson(baseMetaKey(id, backupId), meta);
       void exclusive(id, () => runBackup(meta)).then(
-        (done) => finishBackup(meta, done),
+        ({ job, startWal }) => finishBackup(meta, job, startWal),
         (error: unknown) => finishBackup(meta, { ...meta.job, status: 'failed', finishedAt: new Date().toISOString(), copies: [], reason: errorMessage(error) }),
       );
       return { created: true, job: meta.job };
     });
   }
 
-  async function finishBackup(meta: BackupMeta, job: BackupJob): Promise<void> {
-    const done = { ...meta, job };
+  async function finishBackup(meta: BackupMeta, job: BackupJob, startWal?: string): Promise<void> {
+    const done: BackupMeta = { ...meta, job, ...(job.status === 'completed' && startWal ? { startWal } : {}) };
     if (job.status === 'failed') {
       log('error', 'backup failed', { instance: job.databaseId, backup: job.id, reason: job.reason });
       await store.remove(baseKey(job.databaseId, job.id)).catch(() => undefined);
@@ -250,7 +272,7 @@ export function createBackupService(options: BackupServiceOptions) {
    * a tar of the data directory, pg_backup_stop (which waits until the WAL it needs is archived), then
    * backup_label, tablespace_map and that WAL appended to the tar, so the archive alone starts a server.
    */
-  async function runBackup(meta: BackupMeta): Promise<BackupJob> {
+  async function runBackup(meta: BackupMeta): Promise<{ job: BackupJob; startWal?: string }> {
     const { databaseId: id } = meta.job;
     const fault = faults.take('backup', id);
     if (fault) throw new Error(fault.message);
@@ -261,6 +283,7 @@ export function createBackupService(options: BackupServiceOptions) {
     const major = majorOf(instance.spec.version);
     const client = await connectAdmin(instance.paths.socket, instance.port);
     let consistentAt: string | undefined;
+    let startWal: string | undefined;
     try {
       const label = `dbplane ${meta.job.id}`;
       await client.query(major >= 15 ? 'SELECT pg_backup_start($1, true)' : 'SELECT pg_start_backup($1, true, false)', [label]);
@@ -280,7 +303,7 @@ export function createBackupService(options: BackupServiceOptions) {
           : 'SELECT labelfile, spcmapfile, pg_walfile_name(lsn) AS stop_wal FROM pg_stop_backup(false, true)';
         const { rows: [stopped] } = await client.query<{ labelfile: string; spcmapfile: string | null; stop_wal: string }>(stop);
         consistentAt = new Date().toISOString();
-        const startWal = /START WAL LOCATION: .* \(file ([0-9A-F]{24})\)/.exec(stopped.labelfile)?.[1];
+        startWal = startWalOf(stopped.labelfile);
         if (!startWal) throw new Error('pg_backup_stop returned a backup_label without its start WAL file');
         const entries = [
           tarEntry('./backup_label', Buffer.from(stopped.labelfile), owner),
@@ -298,12 +321,13 @@ export function createBackupService(options: BackupServiceOptions) {
       const result = await putThrough(baseKey(id, meta.job.id), tar.stdout, appender, createGzip({ level: 1 }), createEncryptor(key, meta.wrappedKey.version));
       const bad = result.copies.filter((c) => !c.ok).map((c) => c.zone);
       const finishedAt = new Date().toISOString();
-      return {
+      const job: BackupJob = {
         ...meta.job,
         status: bad.length === 0 ? 'completed' : 'failed',
         finishedAt, consistentAt, sizeBytes: result.sizeBytes, sha256: result.sha256, copies: result.copies,
         ...(bad.length > 0 ? { reason: `the copies in ${bad.join(', ')} could not be verified` } : {}),
       };
+      return { job, startWal };
     } finally {
       // Closing the session also aborts a backup that did not reach pg_backup_stop.
       await client.end().catch(() => undefined);
@@ -315,6 +339,46 @@ export function createBackupService(options: BackupServiceOptions) {
     if (!meta) throw new NotFound(`no backup ${backupId} of ${databaseId}`);
     if (meta.job.status !== 'completed' || !meta.job.sha256) throw new Conflict(`backup ${backupId} of ${databaseId} is ${meta.job.status}`);
     return meta;
+  }
+
+  // ---- WAL retention
+
+  /**
+   * Removes, from every zone, the WAL segments (with their metadata) that lie before the start of
+   * backup `keepFromBackupId`: no restore of it, or of a later backup, reads them. Positions are
+   * compared without the timeline (the last 16 hex digits), so older timelines go too; timeline
+   * history files, and everything from the backup's start segment on, stay. Idempotent.
+   */
+  async function pruneWal(databaseId: string, keepFromBackupId: string): Promise<{ removed: number }> {
+    const meta = await completedBackup(databaseId, keepFromBackupId);
+    const from = walPosition(meta.startWal ?? await recordStartWal(meta));
+    const files = new Set<string>();
+    for (const name of await store.list(`${databaseId}/wal`)) {
+      const match = prunable.exec(name);
+      if (match && walPosition(match[1]!) < from) files.add(match[1]! + match[2]!);
+    }
+    // Metadata first: a segment without it reads as absent, so a prune cut short never leaves one that looks whole.
+    for (const file of [...files].sort()) {
+      await store.remove(walMetaKey(databaseId, file));
+      await store.remove(walKey(databaseId, file));
+    }
+    if (files.size > 0) log('info', 'pruned WAL', { instance: databaseId, keepFrom: keepFromBackupId, removed: files.size });
+    return { removed: files.size };
+  }
+
+  /** For a backup recorded before its start segment was: read it from the backup_label in its archive, and record it. */
+  async function recordStartWal(meta: BackupMeta): Promise<string> {
+    const label = await readBackup(meta, async (tar) => {
+      const child = spawn('tar', ['-x', '-O', '-f', '-', './backup_label'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      const chunks: Buffer[] = [];
+      child.stdout!.on('data', (chunk: Buffer) => chunks.push(chunk));
+      await Promise.all([pipeline(tar, child.stdin!), exitOf(child, 'tar', [0])]);
+      return Buffer.concat(chunks).toString('utf8');
+    });
+    const startWal = startWalOf(label);
+    if (!startWal) throw new Unprocessable(`backup ${meta.job.id} of ${meta.job.databaseId} has no backup_label naming its start WAL segment`);
+    await store.putJson(baseMetaKey(meta.job.databaseId, meta.job.id), { ...meta, startWal } satisfies BackupMeta);
+    return startWal;
   }
 
   /** The decrypted tar of a backup, from its first good copy, handed to `consume`; fails naming the backup when no copy is good. */
@@ -400,6 +464,11 @@ export function createBackupService(options: BackupServiceOptions) {
       throw new Error(`${pointInTime} is before backup ${meta.job.id} became consistent (${meta.job.consistentAt})`);
     }
     if (pointInTime) await makeReachable(source.databaseId);
+    // PostgreSQL refuses a target time after the last commit it can replay ("recovery ended before the
+    // configured recovery target was reached"), which is where a target at or after the newest archived
+    // WAL lands when the source is gone (its host lost). Every commit the archive holds was made before
+    // that WAL was archived, so replaying the whole archive reaches the very same state: do that.
+    const toEnd = pointInTime !== undefined && await pastArchive(source.databaseId, pointInTime);
 
     const scratch = join(restoresDir, job.id);
     await mkdir(restoresDir, { recursive: true, mode: 0o711 });
@@ -415,9 +484,11 @@ export function createBackupService(options: BackupServiceOptions) {
       });
       for (const dir of emptiedDirs) await makePrivateDir(join(paths.data, dir), runAs);
       await writeOwned(join(paths.data, 'recovery.signal'), '');
-      const target = pointInTime
-        ? [`recovery_target_time = ${quoteSetting(pgTimestamp(pointInTime))}`, "recovery_target_action = 'promote'"]
-        : ["recovery_target = 'immediate'", "recovery_target_action = 'promote'"];
+      const target = toEnd
+        ? [] // no target: replay all the archive holds, then promote
+        : pointInTime
+          ? [`recovery_target_time = ${quoteSetting(pgTimestamp(pointInTime))}`, "recovery_target_action = 'promote'"]
+          : ["recovery_target = 'immediate'", "recovery_target_action = 'promote'"];
       await writeServerConfig(paths, port, spec.settings, runAs, [
         // New WAL (from the promotion on) goes to the restored database's own archive, under its own key.
         ...await serverSettings(job.instanceId, spec.dataKey),
@@ -426,13 +497,14 @@ export function createBackupService(options: BackupServiceOptions) {
         `recovery_target_timeline = ${quoteSetting(await timelineAt(source.databaseId, pointInTime))}`,
         ...target,
       ]);
-      await recover(install, paths, port, `backup ${meta.job.id}`);
+      const lastReplayed = await recover(install, paths, port, `backup ${meta.job.id}`);
 
       const fault = faults.take('restore', job.instanceId);
       if (fault) throw new Error(fault.message);
       if (request.mode === 'in_place') await options.instances().replaceData(job.instanceId, paths.data, job.id);
       else await options.instances().adopt(job.instanceId, spec, paths.data);
-      return pointInTime ?? meta.job.consistentAt;
+      // To the end of the archive, the data reflects the last commit replayed (what was lost came after it).
+      return toEnd ? lastReplayed ?? meta.job.consistentAt : pointInTime ?? meta.job.consistentAt;
     } finally {
       await rm(scratch, { recursive: true, force: true });
       await rm(paths.socket, { recursive: true, force: true });
@@ -455,6 +527,12 @@ export function createBackupService(options: BackupServiceOptions) {
       if (meta.success && meta.data.archivedAt <= pointInTime) timeline = Math.max(timeline, parseInt(file.slice(0, 8), 16));
     }
     return timeline ? String(timeline) : 'current';
+  }
+
+  /** Whether `pointInTime` is at or after the newest WAL in the archive of `databaseId` (or the archive holds none). */
+  async function pastArchive(databaseId: string, pointInTime: string): Promise<boolean> {
+    const { lastWalArchivedAt } = await summary(databaseId);
+    return lastWalArchivedAt === undefined || Date.parse(pointInTime) >= Date.parse(lastWalArchivedAt);
   }
 
   /**
@@ -493,8 +571,11 @@ export function createBackupService(options: BackupServiceOptions) {
     if (runAs) await chown(path, runAs.uid, runAs.gid);
   }
 
-  /** Runs a scratch server until recovery has ended (it promotes itself), then stops it cleanly. */
-  async function recover(install: PostgresInstall, paths: ServerPaths, port: number, what: string): Promise<void> {
+  /**
+   * Runs a scratch server until recovery has ended (it promotes itself), then stops it cleanly.
+   * Returns when the last transaction it replayed committed, if it replayed any.
+   */
+  async function recover(install: PostgresInstall, paths: ServerPaths, port: number, what: string): Promise<string | undefined> {
     const child = spawnPostmaster(install, paths, runAs);
     scratchServers.add(child);
     let stderrTail = '';
@@ -505,6 +586,7 @@ export function createBackupService(options: BackupServiceOptions) {
     });
     let gone: string | undefined;
     void exited.then((how) => { gone = how; });
+    let lastReplayed: string | undefined;
     try {
       const deadline = Date.now() + recoveryTimeoutMs;
       for (;;) {
@@ -514,8 +596,12 @@ export function createBackupService(options: BackupServiceOptions) {
         client.on('error', () => undefined);
         try {
           await client.connect();
-          const { rows: [{ recovering }] } = await client.query<{ recovering: boolean }>('SELECT pg_is_in_recovery() AS recovering');
-          if (!recovering) break;
+          const { rows: [{ recovering, replayed }] } = await client.query<{ recovering: boolean; replayed: Date | null }>(
+            'SELECT pg_is_in_recovery() AS recovering, pg_last_xact_replay_timestamp() AS replayed');
+          if (!recovering) {
+            lastReplayed = replayed?.toISOString();
+            break;
+          }
         } catch {
           // Not accepting connections yet, or not consistent yet.
         } finally {
@@ -532,6 +618,7 @@ export function createBackupService(options: BackupServiceOptions) {
       }
       scratchServers.delete(child);
     }
+    return lastReplayed;
   }
 
   /** Only a restore or a backup job creates an object; a start call racing with itself must not create two. */
@@ -568,6 +655,7 @@ export function createBackupService(options: BackupServiceOptions) {
       })));
     },
     serverSettings,
+    pruneWal,
     checkWalToken,
     archiveWal,
     fetchWal,
@@ -584,19 +672,7 @@ export function createBackupService(options: BackupServiceOptions) {
       if ([...runningBackups.values()].some((m) => m.job.databaseId === databaseId)) throw new Conflict(`a backup of ${databaseId} is running`);
       await store.remove(databaseId);
     },
-    async summary(databaseId: string): Promise<ArchiveSummary> {
-      const names = (await store.list(`${databaseId}/wal`)).filter((n) => n.endsWith('.enc'));
-      let newest = 0;
-      for (const name of names) {
-        const meta = WalMeta.safeParse(await store.getJson(walMetaKey(databaseId, name.slice(0, -'.enc'.length))));
-        if (meta.success) newest = Math.max(newest, Date.parse(meta.data.archivedAt));
-      }
-      return {
-        databaseId,
-        ...(newest > 0 ? { lastWalArchivedAt: new Date(newest).toISOString() } : {}),
-        walSegments: names.filter((n) => walSegment.test(n.slice(0, -'.enc'.length))).length,
-      };
-    },
+    summary,
     startRestore,
     getRestore: findRestore,
     /**
@@ -626,6 +702,19 @@ export function createBackupService(options: BackupServiceOptions) {
 function pgTimestamp(iso: string): string {
   return iso.replace('T', ' ').replace(/Z$/i, '+00');
 }
+
+/** The segment backup_label's START WAL LOCATION names ("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)"). */
+function startWalOf(label: string): string | undefined {
+  return /START WAL LOCATION: .* \(file ([0-9A-F]{24})\)/.exec(label)?.[1];
+}
+
+/** Where a segment lies in the WAL, whatever its timeline: log and segment number, fixed-width hex, so strings compare in order. */
+function walPosition(segment: string): string {
+  return segment.slice(8, 24);
+}
+
+/** Archived objects retention may drop: segments, partial segments (end of a timeline), backup history files; never timeline histories. */
+const prunable = /^([0-9A-F]{24})(\.partial|\.[0-9A-F]{8}\.backup|)\.(?:enc|json)$/;
 
 /** WAL segment names from `first` to `last` (same timeline, 16 MB segments: 256 per log id). */
 function walRange(first: string, last: string): string[] {

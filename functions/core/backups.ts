@@ -310,13 +310,15 @@ export async function runScheduledBackups(deps: Deps, now: Date): Promise<{ due:
 
 /**
  * The pruner's tick, for the databases of this hour's slot (each visited once a day): removes what
- * fell out of retention, in every copy, then the record. A deleted database whose backups are all
- * gone loses its WAL archive, its data key and its place in the index.
+ * fell out of retention, in every copy, then the record, then the WAL older than the oldest backup
+ * left. A deleted database whose backups are all gone loses its WAL archive, its data key and its
+ * place in the index.
  */
 export async function pruneBackups(deps: BackupDeps, now: Date): Promise<{ databases: number; removed: number }> {
   const databases = await deps.store.listDatabasesByBackupHour(now.getUTCHours());
   let removed = 0;
-  for (const database of databases) {
+  // A database busy with an operation (a restore reading old WAL, say) is pruned on its next day.
+  for (const database of databases.filter((d) => !d.activeOperation)) {
     const backups = await deps.store.listBackups(database.id);
     const expiries = retentionExpiries(backups, effectivePolicy(database), database.status === 'deleted');
     for (const backup of backups) {
@@ -326,11 +328,16 @@ export async function pruneBackups(deps: BackupDeps, now: Date): Promise<{ datab
       await deps.store.deleteBackup(database.id, backup.id);
       removed++;
     }
-    if (database.status === 'deleted' && (await deps.store.listBackups(database.id)).length === 0) {
+    const kept = await deps.store.listBackups(database.id);
+    if (database.status === 'deleted' && kept.length === 0) {
       await deps.agent.purgeArchive(database.id);
       await deps.store.deleteDataKeys(database.id);
       await deps.store.forgetBackupHour(database.id);
+      continue;
     }
+    // WAL from before the oldest kept backup can serve no restore any more.
+    const oldest = kept.filter((b) => b.status === 'completed').at(-1);
+    if (oldest) await deps.agent.pruneWal(database.id, oldest.id);
   }
   return { databases: databases.length, removed };
 }

@@ -140,6 +140,8 @@ export async function startDrill(deps: Pick<StepDeps, 'store' | 'agent'>, input:
   const backup = await deps.store.getBackup(database.id, drill.drilledBackupId);
   if (!backup) throw new RestoreFailed(`backup ${drill.drilledBackupId} is gone`);
   const { dataKey: _none, ...spec } = await instanceSpec(deps.store, database);
+  // The drill's own clock: its operation may have been created for another instant (an injected schedule time).
+  if (!operation.result?.restoreStartedAt) await deps.store.setOperationResult(operation, { restoreStartedAt: new Date().toISOString() });
   await deps.agent.startRestore(drill.scratchInstanceId, operation.id, {
     mode: 'new',
     source: { databaseId: database.id, backupId: backup.id, dataKey: await wrappedKeyOf(deps.store, { id: database.id, dataKeyVersion: backup.keyVersion }) },
@@ -155,13 +157,15 @@ export async function verifyDrill(deps: Pick<StepDeps, 'store' | 'agent'>, input
   const { operation } = await load(deps.store, input);
   const drill = DrillInput.parse(operation.input);
   const stats = await deps.agent.tableStats(drill.scratchInstanceId);
+  const startedAt = String(operation.result?.restoreStartedAt ?? operation.createdAt);
   await deps.store.setOperationResult(operation, {
+    restoreStartedAt: startedAt,
     backupId: drill.drilledBackupId,
     // The restore read a copy whose SHA-256 matched the one recorded at backup time, and every chunk's GCM tag.
     checksumVerified: true,
     tables: stats.tables.length,
     totalRows: stats.totalRows,
-    recoverySeconds: Math.round((Date.now() - Date.parse(operation.createdAt)) / 100) / 10,
+    recoverySeconds: Math.round((Date.now() - Date.parse(startedAt)) / 100) / 10,
   });
 }
 
