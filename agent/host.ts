@@ -76,10 +76,21 @@ function compareVersions(a: string, b: string): number {
   return aMajor - bMajor || aMinor - bMinor;
 }
 
+const hasTool = (major: number, tool: string) => existsSync(join(debianRoot, String(major), 'bin', tool));
+
+/**
+ * The pg_dump to dump a server of `major` with: Debian's of the newest major at or above it (pg_dump
+ * refuses a server newer than itself, and a newer one dumps older servers); undefined when there is none.
+ * Debian's binaries find their own libraries: no LD_LIBRARY_PATH.
+ */
+export function pgDumpFor(major: number): string | undefined {
+  const majors = existsSync(debianRoot) ? readdirSync(debianRoot).filter((n) => /^\d+$/.test(n)).map(Number) : [];
+  const newest = majors.filter((m) => m >= major && hasTool(m, 'pg_dump')).sort((a, b) => b - a)[0];
+  return newest === undefined ? undefined : join(debianRoot, String(newest), 'bin', 'pg_dump');
+}
+
 /** What each installed version can do here: the server always, dumps and pg_upgrade only with Debian's full toolsets. */
 export function hostVersions(installs: PostgresInstall[]): HostVersion[] {
-  const debianMajors = existsSync(debianRoot) ? readdirSync(debianRoot).filter((n) => /^\d+$/.test(n)).map(Number) : [];
-  const hasTool = (major: number, tool: string) => existsSync(join(debianRoot, String(major), 'bin', tool));
   return installs.map((install) => {
     const major = majorOf(install.version);
     return {
@@ -87,7 +98,7 @@ export function hostVersions(installs: PostgresInstall[]): HostVersion[] {
       version: install.version,
       capabilities: {
         server: true,
-        logicalDump: debianMajors.some((m) => m >= major && hasTool(m, 'pg_dump')),
+        logicalDump: pgDumpFor(major) !== undefined,
         pgUpgrade: hasTool(major, 'pg_upgrade'),
       },
     };

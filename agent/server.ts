@@ -7,7 +7,7 @@ import {
 import {
   BadRequest, DomainError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType,
 } from '#core/errors.ts';
-import type { BackupService } from './backups/service.ts';
+import { DownloadFormat, type BackupService } from './backups/service.ts';
 import type { Faults } from './faults.ts';
 import type { InstanceManager } from './instances.ts';
 import { errorMessage, log } from './log.ts';
@@ -161,10 +161,11 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
       methods: {
         GET: async ({ id, backupId }, _, { query }) => {
           const download = await backups.download(
-            parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'), query.get('expires'), query.get('signature'));
+            parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'), query.get('expires'), query.get('signature'),
+            parse(DownloadFormat, query.get('format') ?? 'base', '/query/format'));
           return {
             status: 200,
-            headers: { 'content-type': 'application/x-tar', 'content-disposition': `attachment; filename="${download.filename}"` },
+            headers: { 'content-type': download.contentType, 'content-disposition': `attachment; filename="${download.filename}"` },
             stream: (res) => download.open(res),
           };
         },

@@ -1,4 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { chown, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -61,8 +62,8 @@ async function query<T extends pg.QueryResultRow>(port: number, sql: string): Pr
 }
 
 /** As the agent's admin role, over the instance's unix socket (what pg_switch_wal and SHOW need). */
-async function adminQuery<T extends pg.QueryResultRow>(port: number, sql: string): Promise<T[]> {
-  const client = new pg.Client({ host: join(tempDir, 'agent', 'sockets', String(port)), port, user: 'dbplane_admin', database: 'app' });
+async function adminQuery<T extends pg.QueryResultRow>(port: number, sql: string, database = 'app'): Promise<T[]> {
+  const client = new pg.Client({ host: join(tempDir, 'agent', 'sockets', String(port)), port, user: 'dbplane_admin', database });
   await client.connect();
   try {
     return (await client.query<T>(sql)).rows;
@@ -84,6 +85,9 @@ const storedMeta = async (zone: string, id: string, backupId: string) =>
   JSON.parse(await readFile(join(backupDir, zone, id, 'base', `${backupId}.json`), 'utf8')) as { startWal?: string };
 
 const runningAsRoot = process.getuid?.() === 0;
+/** Debian's PostgreSQL 15 client tools (package postgresql-15): the pg_dump the agent dumps 14 and 15 with, and pg_restore for the test. */
+const pgDump15 = '/usr/lib/postgresql/15/bin/pg_dump';
+const pgRestore15 = '/usr/lib/postgresql/15/bin/pg_restore';
 
 const ids = (prefix: 'bk' | 'op') => `${prefix}-${randomBytes(16).toString('hex').slice(0, 26)}`;
 const zoneFile = (zone: string, id: string, backupId: string) => join(backupDir, zone, id, 'base', `${backupId}.tar.gz.enc`);
@@ -373,7 +377,8 @@ describe('agent backups and restores', () => {
     await query(oldPort, "CREATE TABLE t AS SELECT 'before' AS v");
     const backupId = ids('bk');
     await call('PUT', `/v1/instances/old-db/backups/${backupId}`, { kind: 'manual' });
-    expect(await backupDone('old-db', backupId)).toMatchObject({ status: 'completed' });
+    // PostgreSQL 15's pg_dump dumps a 14 server too.
+    expect(await backupDone('old-db', backupId)).toMatchObject({ status: 'completed', logicalDump: { copies: [{ ok: true }, { ok: true }, { ok: true }] } });
     await query(oldPort, "UPDATE t SET v = 'after'");
     const restoreId = ids('op');
 
@@ -384,6 +389,110 @@ describe('agent backups and restores', () => {
     expect((await call('DELETE', '/v1/instances/old-db')).status).toBe(204);
     expect((await call('DELETE', '/v1/archives/old-db')).status).toBe(204);
   }, 120_000);
+
+  describe('logical dumps (pg_dump where a pg_dump as new as the server exists)', () => {
+    const dumpDb = 'dump-db';
+    let dumpKey: WrappedKey;
+    let dumpPort: number;
+    const withDump = ids('bk');
+    const dumpObject = (zone: string, id: string, backupId: string) => join(backupDir, zone, id, 'base', `${backupId}.dump.enc`);
+    const dumpUrl = (id: string, backupId: string, format: string) => {
+      const expires = Math.floor(Date.now() / 1000) + 300;
+      return `${agent.url}/v1/downloads/${id}/${backupId}?expires=${expires}&signature=${downloadSignature(secret, id, backupId, expires)}&format=${format}`;
+    };
+
+    it('takes a pg_dump with the backup of a PostgreSQL 15 server, sealed into three verified copies', async () => {
+      expect(existsSync(pgRestore15), `${pgRestore15} is missing: install postgresql-15 (Debian) to test logical dumps`).toBe(true);
+      expect(existsSync(pgDump15), `${pgDump15} is missing: install postgresql-15 (Debian) to test logical dumps`).toBe(true);
+      const host = HostInfo.parse((await call('GET', '/v1/host')).body);
+      dumpKey = { version: 1, wrapped: await newWrappedDataKey(wrapper, dumpDb) };
+      await call('PUT', `/v1/instances/${dumpDb}`, { ...spec, version: host.versions.find((v) => v.version.startsWith('15.'))!.version, dataKey: dumpKey });
+      dumpPort = (await running(dumpDb)).port;
+      await query(dumpPort, 'CREATE TABLE notes (id int PRIMARY KEY, body text)');
+      await query(dumpPort, `INSERT INTO notes VALUES (1, 'kept'), (2, '${distinctive}')`);
+
+      await call('PUT', `/v1/instances/${dumpDb}/backups/${withDump}`, { kind: 'manual' });
+
+      const job = await backupDone(dumpDb, withDump);
+      expect(job.status).toBe('completed');
+      const dump = job.logicalDump!;
+      expect(dump.copies.map((c) => c.zone)).toEqual(['zone-a', 'zone-b', 'zone-c']);
+      expect(dump.copies.every((c) => c.ok && c.sha256 === dump.sha256)).toBe(true);
+      expect(dump.sha256).not.toBe(job.sha256);
+      for (const zone of ['zone-a', 'zone-b', 'zone-c']) {
+        const stored = await readFile(dumpObject(zone, dumpDb, withDump));
+        expect(stored.length).toBe(dump.sizeBytes);
+        // Sealed ("DBPE"), not a readable custom-format dump ("PGDMP", its table of contents in clear).
+        expect(stored.subarray(0, 4).toString()).toBe('DBPE');
+        for (const clear of ['PGDMP', 'CREATE TABLE', distinctive]) expect(stored.includes(clear)).toBe(false);
+        expect(await storedMeta(zone, dumpDb, withDump)).toMatchObject({ job: { logicalDump: dump } });
+      }
+    }, 60_000);
+
+    it('serves the dump with format=dump: pg_restore lists the table and restores the rows into a fresh server', async () => {
+      const response = await fetch(dumpUrl(dumpDb, withDump, 'dump'));
+
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toBe('application/octet-stream');
+      expect(response.headers.get('content-disposition')).toBe(`attachment; filename="${dumpDb}-${withDump}.dump"`);
+      const dumpFile = join(tempDir, 'download.dump');
+      await pipeline(Readable.fromWeb(response.body as never), (await open(dumpFile, 'w')).createWriteStream());
+      expect(execFileSync(pgRestore15, ['-l', dumpFile], { encoding: 'utf8' })).toMatch(/TABLE public notes /);
+      expect(execFileSync(pgRestore15, ['-f', '-', dumpFile], { encoding: 'utf8' })).toContain(`2\t${distinctive}`);
+      // A fresh server (of another major: a dump restores into a newer one) gets the rows back.
+      await call('PUT', '/v1/instances/dump-copy', { ...spec, dataKey: undefined });
+      const copyPort = (await running('dump-copy')).port;
+      execFileSync(pgRestore15, [
+        '--no-owner', `--host=${join(tempDir, 'agent', 'sockets', String(copyPort))}`, `--port=${copyPort}`, '--username=dbplane_admin', '--dbname=app', dumpFile,
+      ], { env: { PATH: process.env.PATH, LC_ALL: 'C.UTF-8' } });
+      expect(await adminQuery(copyPort, 'SELECT id, body FROM notes ORDER BY id')).toEqual([{ id: 1, body: 'kept' }, { id: 2, body: distinctive }]);
+      expect((await call('DELETE', '/v1/instances/dump-copy')).status).toBe(204);
+      // The base format is still the default, and still there for the same link.
+      expect((await fetch(dumpUrl(dumpDb, withDump, 'base'))).headers.get('content-type')).toBe('application/x-tar');
+    }, 60_000);
+
+    it('fails the backup with pg_dump\'s reason when pg_dump fails, and keeps no object of it', async () => {
+      const failing = ids('bk');
+      await adminQuery(dumpPort, 'ALTER DATABASE app ALLOW_CONNECTIONS false', 'postgres');
+      try {
+        await call('PUT', `/v1/instances/${dumpDb}/backups/${failing}`, { kind: 'manual' });
+
+        const job = await backupDone(dumpDb, failing);
+        expect(job).toMatchObject({ status: 'failed', copies: [], reason: expect.stringMatching(/pg_dump failed.*not currently accepting connections/) });
+        expect(job.logicalDump).toBeUndefined();
+      } finally {
+        await adminQuery(dumpPort, 'ALTER DATABASE app ALLOW_CONNECTIONS true', 'postgres');
+      }
+      for (const zone of ['zone-a', 'zone-b', 'zone-c']) {
+        expect((await readdir(join(backupDir, zone, dumpDb, 'base'))).filter((n) => n.startsWith(failing))).toEqual([`${failing}.json`]);
+      }
+    }, 60_000);
+
+    it('takes no pg_dump of a server newer than every pg_dump here (17), and answers 404 to format=dump', async () => {
+      const job = BackupJob.parse((await call('GET', `/v1/archives/app-db/backups/${first}`)).body);
+
+      const dump = await fetch(dumpUrl('app-db', first, 'dump'));
+      const bogus = await fetch(dumpUrl('app-db', first, 'sql'));
+
+      expect(job).toMatchObject({ status: 'completed' });
+      expect(job.logicalDump).toBeUndefined();
+      expect(existsSync(dumpObject('zone-a', 'app-db', first))).toBe(false);
+      expect(dump.status).toBe(404);
+      expect(dump.headers.get('content-type')).toBe('application/problem+json');
+      expect(((await dump.json()) as { detail: string }).detail).toMatch(/has no pg_dump/);
+      expect(bogus.status).toBe(400);
+      expect(((await bogus.json()) as { errors: unknown[] }).errors).toEqual([expect.objectContaining({ pointer: '/query/format' })]);
+    });
+
+    it('removes the dump with its backup, in every zone', async () => {
+      expect((await call('DELETE', `/v1/archives/${dumpDb}/backups/${withDump}`)).status).toBe(204);
+
+      for (const zone of ['zone-a', 'zone-b', 'zone-c']) expect(existsSync(dumpObject(zone, dumpDb, withDump))).toBe(false);
+      expect((await fetch(dumpUrl(dumpDb, withDump, 'dump'))).status).toBe(404);
+      expect((await call('DELETE', `/v1/instances/${dumpDb}`)).status).toBe(204);
+      expect((await call('DELETE', `/v1/archives/${dumpDb}`)).status).toBe(204);
+    });
+  });
 
   describe('WAL retention, table stats and restores past the archive', () => {
     const walDb = 'wal-db';

@@ -150,6 +150,13 @@ describe('a manual backup', () => {
     expect((await fetch(forged)).status).toBe(403);
   });
 
+  it('has no pg_dump on PostgreSQL 17 here (no pg_dump that new on this host): format=dump is refused', async () => {
+    const answer = await alice.api.get(`/databases/shop/backups/${backup.id}/download?format=dump`);
+
+    expect(backup.logicalDump).toBeUndefined();
+    expect([answer.status, answer.body.errors[0].pointer]).toEqual([422, '/query/format']);
+  });
+
   it('restores in place: rows exactly as at the backup, same URL, an undo backup taken first', async () => {
     await withClient((client) => client.query("update items set body = 'changed'; insert into items (body) values ('after backup')"));
 
@@ -178,6 +185,27 @@ describe('a manual backup', () => {
     await expect(connect(copy.url, shop.password)).rejects.toThrow(/password authentication failed/);
     expect(await rows(shop.database, shop.password)).toEqual([marker, 'second', 'only in source']);
   }, 180_000);
+});
+
+describe('a backup of PostgreSQL 15, which this host can pg_dump', () => {
+  it('comes with a pg_dump, served by default by the download link and restorable with pg_restore', async () => {
+    const created = await alice.api.post('/databases', { name: 'dumped', engine: 'postgresql', version: '15', plan: 'starter-512' });
+    expect((await alice.api.waitForOperation(created.body.operation.id)).status).toBe('succeeded');
+    const client = await connect((await alice.api.get('/databases/dumped')).body.url, created.body.password);
+    await client.query(`create table notes (body text); insert into notes values ('${marker}')`);
+    await client.end();
+
+    const backup = await takeBackup(alice.api, 'dumped');
+    const link = (await alice.api.get(`/databases/dumped/backups/${backup.id}/download`)).body;
+    const dump = Buffer.from(await (await fetch(link.url)).arrayBuffer());
+    const sql = execFileSync('/usr/lib/postgresql/15/bin/pg_restore', ['-f', '-'], { input: dump }).toString();
+
+    expect(backup.logicalDump.copies.filter((c: { ok: boolean }) => c.ok)).toHaveLength(3);
+    expect(link.format).toBe('pg_dump');
+    expect(sql).toContain('CREATE TABLE public.notes');
+    expect(sql).toContain(marker);
+    for (const file of storedFiles(created.body.database.id)) expect(readFileSync(file).includes(marker), file).toBe(false);
+  }, 120_000);
 });
 
 describe('point-in-time recovery', () => {

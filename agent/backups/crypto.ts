@@ -47,14 +47,16 @@ export function createEncryptor(key: Buffer, keyVersion: number): Transform {
   header.writeUInt32BE(keyVersion, magic.length + 1);
   const prefix = randomBytes(8);
   prefix.copy(header, magic.length + 5);
-  let pending: Buffer[] = [];
-  let pendingBytes = 0;
+  const pending = new PieceQueue();
   let index = 0;
 
-  const seal = (plain: Buffer, final: boolean): Buffer => {
+  // Pieces go through the cipher as they are: no copy into one chunk-sized buffer, no concatenation.
+  const seal = (stream: Transform, plain: Buffer[], final: boolean): void => {
     const cipher = createCipheriv('aes-256-gcm', key, nonce(prefix, index)).setAAD(aad(header, index, final));
     index++;
-    return Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
+    for (const piece of plain) stream.push(cipher.update(piece));
+    stream.push(cipher.final());
+    stream.push(cipher.getAuthTag());
   };
 
   return new Transform({
@@ -63,26 +65,46 @@ export function createEncryptor(key: Buffer, keyVersion: number): Transform {
       callback();
     },
     transform(chunk: Buffer, _encoding, callback: TransformCallback) {
-      pending.push(chunk);
-      pendingBytes += chunk.length;
+      pending.add(chunk);
       // Strictly more than a chunk: the last full chunk may turn out to be the final one.
-      if (pendingBytes > chunkBytes) {
-        let all = Buffer.concat(pending);
-        while (all.length > chunkBytes) {
-          this.push(seal(all.subarray(0, chunkBytes), false));
-          all = all.subarray(chunkBytes);
-        }
-        pending = [all];
-        pendingBytes = all.length;
-      }
+      while (pending.bytes > chunkBytes) seal(this, pending.take(chunkBytes), false);
       callback();
     },
     flush(callback) {
-      this.push(seal(Buffer.concat(pending), true));
-      pending = [];
+      seal(this, pending.take(pending.bytes), true);
       callback();
     },
   });
+}
+
+/** Buffers kept as received; `take` hands out the first n bytes as slices of them. */
+class PieceQueue {
+  private pieces: Buffer[] = [];
+  bytes = 0;
+
+  add(piece: Buffer): void {
+    this.pieces.push(piece);
+    this.bytes += piece.length;
+  }
+
+  take(n: number): Buffer[] {
+    const taken: Buffer[] = [];
+    let need = n;
+    while (need > 0) {
+      const head = this.pieces[0];
+      if (head.length <= need) {
+        taken.push(head);
+        this.pieces.shift();
+        need -= head.length;
+      } else {
+        taken.push(head.subarray(0, need));
+        this.pieces[0] = head.subarray(need);
+        need = 0;
+      }
+    }
+    this.bytes -= n;
+    return taken;
+  }
 }
 
 /** The key version an encrypted object was sealed with, read from its header. */
@@ -100,16 +122,22 @@ export function createDecryptor(keyFor: (version: number) => Buffer | undefined,
   let header: Buffer | undefined;
   let key: Buffer | undefined;
   let prefix: Buffer;
-  let buffered: Buffer = Buffer.alloc(0);
+  const buffered = new PieceQueue();
   let index = 0;
 
-  const open = (sealed: Buffer, final: boolean): Buffer => {
+  const open = (stream: Transform, sealed: Buffer[], final: boolean): void => {
+    const length = sealed.reduce((sum, piece) => sum + piece.length, 0);
+    const body = new PieceQueue();
+    sealed.forEach((piece) => body.add(piece));
+    const ciphertext = body.take(length - tagBytes);
     try {
       const decipher = createDecipheriv('aes-256-gcm', key!, nonce(prefix, index)).setAAD(aad(header!, index, final));
-      decipher.setAuthTag(sealed.subarray(sealed.length - tagBytes));
-      const plain = Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - tagBytes)), decipher.final()]);
+      decipher.setAuthTag(Buffer.concat(body.take(tagBytes)));
+      const plain = ciphertext.map((piece) => decipher.update(piece));
+      plain.push(decipher.final());
       index++;
-      return plain;
+      // Only authenticated plaintext leaves: a chunk is pushed once its tag has been checked.
+      for (const piece of plain) stream.push(piece);
     } catch {
       throw new CorruptObject(`${what}: chunk ${index} failed authentication (tampered, truncated or reordered)`);
     }
@@ -118,21 +146,17 @@ export function createDecryptor(keyFor: (version: number) => Buffer | undefined,
   return new Transform({
     transform(chunk: Buffer, _encoding, callback: TransformCallback) {
       try {
-        buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+        buffered.add(chunk);
         if (!header) {
-          if (buffered.length < headerBytes) return callback();
-          header = Buffer.from(buffered.subarray(0, headerBytes));
+          if (buffered.bytes < headerBytes) return callback();
+          header = Buffer.concat(buffered.take(headerBytes));
           const version = keyVersionOf(header);
           if (version === undefined || header[magic.length] !== formatVersion) throw new CorruptObject(`${what}: not an encrypted dbplane object`);
           key = keyFor(version);
           if (!key) throw new CorruptObject(`${what}: sealed with key version ${version}, which this agent does not hold`);
           prefix = header.subarray(magic.length + 5, headerBytes);
-          buffered = buffered.subarray(headerBytes);
         }
-        while (buffered.length > sealedChunkBytes) {
-          this.push(open(buffered.subarray(0, sealedChunkBytes), false));
-          buffered = buffered.subarray(sealedChunkBytes);
-        }
+        while (buffered.bytes > sealedChunkBytes) open(this, buffered.take(sealedChunkBytes), false);
         callback();
       } catch (error) {
         callback(error as Error);
@@ -141,8 +165,8 @@ export function createDecryptor(keyFor: (version: number) => Buffer | undefined,
     flush(callback) {
       try {
         if (!header) throw new CorruptObject(`${what}: truncated before its header`);
-        if (buffered.length < tagBytes) throw new CorruptObject(`${what}: truncated (no final chunk)`);
-        this.push(open(buffered, true));
+        if (buffered.bytes < tagBytes) throw new CorruptObject(`${what}: truncated (no final chunk)`);
+        open(this, buffered.take(buffered.bytes), true);
         callback();
       } catch (error) {
         callback(error as Error);

@@ -4,7 +4,7 @@ import { chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'no
 import type { IncomingMessage } from 'node:http';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -18,7 +18,7 @@ import {
 import { majorOf } from '#core/catalog.ts';
 import { BadRequest, Conflict, Forbidden, NotFound, Unprocessable } from '#core/errors.ts';
 import type { Faults } from '../faults.ts';
-import type { PostgresInstall } from '../host.ts';
+import { pgDumpFor, type PostgresInstall } from '../host.ts';
 import { errorMessage, log } from '../log.ts';
 import {
   adminRole, makePrivateDir, quoteSetting, spawnPostmaster, stopStalePostmaster, writeServerConfig, type RunAs, type ServerPaths,
@@ -54,6 +54,8 @@ export interface BackupServiceOptions {
   faults: Faults;
   keys: KeyRing;
   instances: () => InstanceAccess;
+  /** The pg_dump that can dump a server of a major, if this host has one; default: Debian's (host.ts). */
+  pgDump?: (major: number) => string | undefined;
 }
 
 /** The per-database token the server's archive_command and restore_command present to the agent. */
@@ -62,6 +64,10 @@ export function walToken(secret: string, databaseId: string): string {
 }
 
 export const walCommandScript = fileURLToPath(new URL('./wal-command.mjs', import.meta.url));
+
+/** What a download streams: the base backup's tar, or the pg_dump taken with it. */
+export const DownloadFormat = z.enum(['base', 'dump']);
+export type DownloadFormat = z.infer<typeof DownloadFormat>;
 
 /** What `<zone>/<databaseId>/base/<backupId>.json` holds next to the encrypted archive. */
 const BackupMeta = z.object({
@@ -92,6 +98,8 @@ const recoveryTimeoutMs = 10 * 60_000;
 
 const baseKey = (db: string, backupId: string) => `${db}/base/${backupId}.tar.gz.enc`;
 const baseMetaKey = (db: string, backupId: string) => `${db}/base/${backupId}.json`;
+/** The backup's pg_dump (custom format, already compressed: sealed without gzip), next to its tar. */
+const dumpKey = (db: string, backupId: string) => `${db}/base/${backupId}.dump.enc`;
 const walKey = (db: string, file: string) => `${db}/wal/${file}.enc`;
 const walMetaKey = (db: string, file: string) => `${db}/wal/${file}.json`;
 
@@ -99,6 +107,7 @@ export type BackupService = ReturnType<typeof createBackupService>;
 
 export function createBackupService(options: BackupServiceOptions) {
   const { dataDir, secret, runAs, installs, faults, keys } = options;
+  const pgDump = options.pgDump ?? pgDumpFor;
   const store = new ObjectStore(options.backupDir);
   const restoresDir = join(dataDir, 'restores');
   const socketsDir = join(dataDir, 'sockets');
@@ -259,6 +268,7 @@ export function createBackupService(options: BackupServiceOptions) {
     if (job.status === 'failed') {
       log('error', 'backup failed', { instance: job.databaseId, backup: job.id, reason: job.reason });
       await store.remove(baseKey(job.databaseId, job.id)).catch(() => undefined);
+      await store.remove(dumpKey(job.databaseId, job.id)).catch(() => undefined);
     } else {
       log('info', 'backup completed', { instance: job.databaseId, backup: job.id, sizeBytes: job.sizeBytes });
     }
@@ -320,17 +330,49 @@ export function createBackupService(options: BackupServiceOptions) {
       });
       const result = await putThrough(baseKey(id, meta.job.id), tar.stdout, appender, createGzip({ level: 1 }), createEncryptor(key, meta.wrappedKey.version));
       const bad = result.copies.filter((c) => !c.ok).map((c) => c.zone);
+      // After pg_backup_stop, in the same job: a dump that fails fails the backup (finishBackup removes both objects).
+      const dumpWith = bad.length === 0 ? pgDump(major) : undefined;
+      const dump = dumpWith ? await dumpDatabase(dumpWith, instance, meta, key) : undefined;
+      const dumpBad = dump?.copies.filter((c) => !c.ok).map((c) => c.zone) ?? [];
       const finishedAt = new Date().toISOString();
+      const reason = bad.length > 0
+        ? `the copies in ${bad.join(', ')} could not be verified`
+        : dumpBad.length > 0 ? `the pg_dump copies in ${dumpBad.join(', ')} could not be verified` : undefined;
       const job: BackupJob = {
         ...meta.job,
-        status: bad.length === 0 ? 'completed' : 'failed',
+        status: reason ? 'failed' : 'completed',
         finishedAt, consistentAt, sizeBytes: result.sizeBytes, sha256: result.sha256, copies: result.copies,
-        ...(bad.length > 0 ? { reason: `the copies in ${bad.join(', ')} could not be verified` } : {}),
+        ...(dump ? { logicalDump: { sizeBytes: dump.sizeBytes, sha256: dump.sha256, copies: dump.copies } } : {}),
+        ...(reason ? { reason } : {}),
       };
       return { job, startWal };
     } finally {
       // Closing the session also aborts a backup that did not reach pg_backup_stop.
       await client.end().catch(() => undefined);
+    }
+  }
+
+  /**
+   * `pg_dump -Fc` of the instance's database, as the admin role over its unix socket (as the server's
+   * user when the agent is root), sealed with the backup's key into every zone. A pg_dump that exits
+   * non-zero fails the source stream, so the store keeps nothing of it.
+   */
+  async function dumpDatabase(binary: string, instance: HostedInstance, meta: BackupMeta, key: Buffer): Promise<PutResult> {
+    const { databaseId: id } = meta.job;
+    const child = spawn(binary, [
+      '--format=custom', '--no-password', `--host=${instance.paths.socket}`, `--port=${instance.port}`,
+      `--username=${adminRole}`, `--dbname=${instance.spec.database}`,
+    ], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/', env: { PATH: process.env.PATH, LC_ALL: 'C.UTF-8' }, ...(runAs ?? {}) });
+    const exited = exitOf(child, 'pg_dump', [0]);
+    exited.catch(() => undefined); // awaited at the end of the output
+    async function* untilExit(): AsyncGenerator<Buffer> {
+      for await (const chunk of child.stdout!) yield chunk as Buffer;
+      await exited;
+    }
+    try {
+      return await putThrough(dumpKey(id, meta.job.id), Readable.from(untilExit(), { objectMode: false }), createEncryptor(key, meta.wrappedKey.version));
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
     }
   }
 
@@ -384,13 +426,21 @@ export function createBackupService(options: BackupServiceOptions) {
   /** The decrypted tar of a backup, from its first good copy, handed to `consume`; fails naming the backup when no copy is good. */
   async function readBackup<T>(meta: BackupMeta, consume: (tar: Readable) => Promise<T>): Promise<T> {
     const { databaseId, id } = meta.job;
+    return readSealed(meta, baseKey(databaseId, id), meta.job.sha256!, `backup ${id} of ${databaseId}`, true, consume);
+  }
+
+  async function readSealed<T>(
+    meta: BackupMeta, key: string, sha256: string, what: string, gzipped: boolean, consume: (plain: Readable) => Promise<T>,
+  ): Promise<T> {
+    const { databaseId } = meta.job;
     await keys.add(databaseId, meta.wrappedKey, false);
-    return store.readFirstGood(baseKey(databaseId, id), meta.job.sha256!, `backup ${id} of ${databaseId}`, async (copy, zone) => {
-      const tar = new PassThrough();
+    return store.readFirstGood(key, sha256, what, async (copy, zone) => {
+      const plain = new PassThrough();
+      const decryptor = createDecryptor(keys.opener(databaseId), `${what} in ${zone}`);
       // Both sides settle before the next copy is tried, so nothing of a bad copy is still being written.
       const [consumed, read] = await Promise.allSettled([
-        consume(tar),
-        pipeline(copy, createDecryptor(keys.opener(databaseId), `backup ${id} of ${databaseId} in ${zone}`), createGunzip(), tar),
+        consume(plain),
+        gzipped ? pipeline(copy, decryptor, createGunzip(), plain) : pipeline(copy, decryptor, plain),
       ]);
       if (read.status === 'rejected') throw read.reason;
       if (consumed.status === 'rejected') throw consumed.reason;
@@ -666,6 +716,7 @@ export function createBackupService(options: BackupServiceOptions) {
     async deleteBackup(databaseId: string, backupId: string): Promise<void> {
       if (runningBackups.has(`${databaseId}/${backupId}`)) throw new Conflict(`backup ${backupId} is running`);
       await store.remove(baseKey(databaseId, backupId));
+      await store.remove(dumpKey(databaseId, backupId));
       await store.remove(baseMetaKey(databaseId, backupId));
     },
     async purge(databaseId: string): Promise<void> {
@@ -676,23 +727,40 @@ export function createBackupService(options: BackupServiceOptions) {
     startRestore,
     getRestore: findRestore,
     /**
-     * Checks a download URL's signature and expiry (403 otherwise), then streams the backup's decrypted
-     * tar. It holds the data directory, backup_label and the WAL from backup start to stop, so a user
-     * restores it with standard tools: `mkdir -m 700 data && tar -xf backup.tar -C data`, then start
-     * PostgreSQL of the same major on it (`postgres -D data`, as a non-root owner of the folder): it
-     * replays the included WAL and opens at the backup's consistent point. Its dbplane.conf is an empty
+     * Checks a download URL's signature and expiry (403 otherwise), then streams the backup decrypted.
+     * The signature covers database, backup and expiry, not the format: both formats are the backup it authorizes.
+     *
+     * `base` (default): the tar. It holds the data directory, backup_label and the WAL from backup start
+     * to stop, so a user restores it with standard tools: `mkdir -m 700 data && tar -xf backup.tar -C data`,
+     * then start PostgreSQL of the same major on it (`postgres -D data`, as a non-root owner of the folder):
+     * it replays the included WAL and opens at the backup's consistent point. Its dbplane.conf is an empty
      * placeholder (postgresql.conf includes it), so port and logging are PostgreSQL's defaults.
+     *
+     * `dump`: the pg_dump taken with the backup (custom format: `pg_restore -d <db> file.dump`); 404 when it has none.
      */
-    async download(databaseId: string, backupId: string, expires: string | null, signature: string | null): Promise<{ filename: string; open: (into: NodeJS.WritableStream) => Promise<void> }> {
+    async download(
+      databaseId: string, backupId: string, expires: string | null, signature: string | null, format: DownloadFormat = 'base',
+    ): Promise<{ filename: string; contentType: string; open: (into: NodeJS.WritableStream) => Promise<void> }> {
       const when = Number(expires);
       const expected = Number.isInteger(when) ? downloadSignature(secret, databaseId, backupId, when) : '';
       const same = timingSafeEqual(createHash('sha256').update(signature ?? '').digest(), createHash('sha256').update(expected).digest());
       if (!same || !expected) throw new Forbidden('the download signature is not valid');
       if (when * 1000 < Date.now()) throw new Forbidden('the download link has expired');
       const meta = await completedBackup(databaseId, backupId);
+      if (format === 'base') {
+        return {
+          filename: `${databaseId}-${backupId}.tar`,
+          contentType: 'application/x-tar',
+          open: (into) => readBackup(meta, (tar) => pipeline(tar, into)),
+        };
+      }
+      const dump = meta.job.logicalDump;
+      if (!dump) throw new NotFound(`backup ${backupId} of ${databaseId} has no pg_dump (no pg_dump as new as PostgreSQL ${meta.version} on its host)`);
       return {
-        filename: `${databaseId}-${backupId}.tar`,
-        open: (into) => readBackup(meta, (tar) => pipeline(tar, into)),
+        filename: `${databaseId}-${backupId}.dump`,
+        contentType: 'application/octet-stream',
+        open: (into) => readSealed(meta, dumpKey(databaseId, backupId), dump.sha256, `pg_dump of backup ${backupId} of ${databaseId}`, false,
+          (plain) => pipeline(plain, into)),
       };
     },
   };

@@ -56,16 +56,18 @@ export function registerBackups(program: Command): void {
     });
 
   backups.command('download')
-    .description('save a backup as a tar archive that standard PostgreSQL tools restore')
+    .description('save a backup: its pg_dump (restore with pg_restore) where it has one, else a tar of the data directory')
     .argument('<database>', 'name or id')
     .argument('<backupId>', 'backup id (see dbplane backups list)')
-    .addOption(new Option('--output <file>', 'where to write it (default: <database>-<backupId>.tar)').conflicts('urlOnly'))
+    .addOption(new Option('--format <format>', 'dump or base (default: dump where the backup has one)').choices(['dump', 'base']))
+    .addOption(new Option('--output <file>', 'where to write it (default: <database>-<backupId>.dump or .tar)').conflicts('urlOnly'))
     .option('--url-only', 'print the signed, time-limited URL (the link JSON under --json) instead of downloading')
-    .action(async (ref: string, backupId: string, options: { output?: string; urlOnly?: boolean }, command: Command) => {
+    .action(async (ref: string, backupId: string, options: { format?: string; output?: string; urlOnly?: boolean }, command: Command) => {
       const ctx = await contextOf(command);
-      const link = await ctx.client.get(`${backupPath(ref, backupId)}/download`, DownloadLink);
+      const query = options.format ? `?format=${options.format}` : '';
+      const link = await ctx.client.get(`${backupPath(ref, backupId)}/download${query}`, DownloadLink);
       if (options.urlOnly) return ctx.out(ctx.json ? json(link) : `${link.url}\n`);
-      const path = options.output ?? `${ref}-${backupId}.tar`;
+      const path = options.output ?? `${ref}-${backupId}.${link.format === 'pg_dump' ? 'dump' : 'tar'}`;
       const size = await downloadTo(link.url, path);
       ctx.out(ctx.json ? json({ path, sizeBytes: size, format: link.format }) : `wrote ${path} (${bytes(size)})\n`);
     });

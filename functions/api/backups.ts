@@ -6,7 +6,7 @@ import { findDatabase } from '#core/databases.ts';
 import { apiHandler, json } from '#core/http.ts';
 import { databaseView } from '#core/model.ts';
 import { apiDeps, backupDeps } from './deps.ts';
-import { BackupParams, BackupScheduleBody, IdParams, RestoreRequest } from './schemas.ts';
+import { BackupParams, BackupScheduleBody, DownloadQuery, IdParams, RestoreRequest } from './schemas.ts';
 
 export const list = apiHandler({ access: 'account', params: IdParams }, async ({ caller, params }) => {
   return json(200, { backups: await listBackups(apiDeps(), caller, params.id) });
@@ -27,8 +27,8 @@ export const window = apiHandler({ access: 'account', params: IdParams }, async 
   return json(200, await recoveryWindow(await backupDeps(), await findDatabase(store, caller, params.id)));
 });
 
-export const download = apiHandler({ access: 'account', params: BackupParams }, async ({ caller, params }) => {
-  return json(200, await downloadLink(await backupDeps(), caller, params.id, params.backupId));
+export const download = apiHandler({ access: 'account', params: BackupParams, query: DownloadQuery }, async ({ caller, params, query }) => {
+  return json(200, await downloadLink(await backupDeps(), caller, params.id, params.backupId, query.format));
 });
 
 export const schedule = apiHandler({ access: 'account', params: IdParams, body: BackupScheduleBody }, async ({ caller, params, body, store }) => {

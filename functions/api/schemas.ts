@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { EngineName, OfferedVersion, Plan, planIds } from '#core/catalog.ts';
 import { Account, AuditEvent, Backup, DatabaseName, DatabaseView, Operation, Scope, TokenRecord } from '#core/model.ts';
+import { DownloadFormat } from '#core/backups.ts';
 export { BackupScheduleBody, RestoreRequest } from '#core/backups.ts';
 
 /** Request and response schemas of the HTTP API: the handlers parse with them and /openapi.json shows them. */
@@ -37,7 +38,10 @@ export const RecoveryWindow = z.object({
   earliest: z.string().optional().describe('absent until the first backup completed'),
   latest: z.string().optional().describe('the last archived WAL: nothing later can be recovered yet'),
 });
-export const DownloadLink = z.object({ url: z.string(), expiresAt: z.string(), format: z.literal('tar') });
+export const DownloadQuery = z.object({
+  format: DownloadFormat.optional().describe('dump: the pg_dump taken with the backup (restore with pg_restore); base: a tar of the data directory. Default: dump where the backup has one'),
+}).strict();
+export const DownloadLink = z.object({ url: z.string(), expiresAt: z.string(), format: z.enum(['pg_dump', 'tar']) });
 export const RestoreStarted = z.object({
   database: DatabaseView,
   operation: Operation,

@@ -27,8 +27,9 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   GET    /v1/instances/{id}/restores/{restoreId}  → RestoreJob | 404
  *   POST/GET /v1/archives/{id}/wal/{file}           (archive_command / restore_command of the servers only: a
  *          per-database token, never the agent secret)
- *   GET    /v1/downloads/{id}/{backupId}?expires=&signature=   → the decrypted archive (no bearer: the signature
- *          is an HMAC of the path and expiry made with `downloadSignature`; refused once expired)
+ *   GET    /v1/downloads/{id}/{backupId}?expires=&signature=[&format=dump]   → the decrypted archive: the base
+ *          backup as a tar (default) or its pg_dump (`format=dump`, when it has one). No bearer: the signature
+ *          is an HMAC of the path and expiry made with `downloadSignature`; refused once expired.
  * Errors: `application/problem+json` with `type`, `title`, `status`, `detail`.
  */
 
@@ -114,6 +115,11 @@ export const BackupJob = z.object({
   /** SHA-256 of the stored bytes; every good copy has this digest. */
   sha256: z.string().optional(),
   copies: z.array(BackupCopy),
+  /**
+   * A pg_dump (custom format) taken with the backup where this host has a pg_dump at least as new as
+   * the server: what a user restores with pg_restore. Its own snapshot, a moment after the base backup.
+   */
+  logicalDump: z.object({ sizeBytes: z.number().int(), sha256: z.string(), copies: z.array(BackupCopy) }).optional(),
   keyVersion: z.number().int().optional(),
   /** Why it failed. */
   reason: z.string().optional(),

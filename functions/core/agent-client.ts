@@ -63,10 +63,11 @@ export class AgentClient {
   }
 
   /** A URL that serves the backup's archive, decrypted, until `expires` (unix seconds); signed, so it needs no token. */
-  downloadUrl(databaseId: string, backupId: string, expires: number): string {
+  downloadUrl(databaseId: string, backupId: string, expires: number, format: 'base' | 'dump' = 'base'): string {
     const url = new URL(`/v1/downloads/${databaseId}/${backupId}`, this.baseUrl);
     url.searchParams.set('expires', String(expires));
     url.searchParams.set('signature', downloadSignature(this.secret, databaseId, backupId, expires));
+    if (format === 'dump') url.searchParams.set('format', 'dump');
     return url.toString();
   }
 

@@ -43,6 +43,7 @@ export function backupOutcome(job: BackupJob): Partial<Backup> {
     sizeBytes: job.sizeBytes,
     sha256: job.sha256,
     copies: job.copies,
+    logicalDump: job.logicalDump,
     keyVersion: job.keyVersion,
   };
 }
@@ -280,13 +281,29 @@ export async function setBackupSchedule(store: Store, caller: Caller, idOrName: 
   return store.setBackupSchedule(database, { backupHour: body.hour, backupRetention: body.retention });
 }
 
-/** A download link valid for `ttlSeconds`: it serves the backup decrypted, as an archive standard tools restore. */
-export async function downloadLink(deps: BackupDeps, caller: Caller, idOrName: string, backupId: string, ttlSeconds = 900) {
+export const DownloadFormat = z.enum(['dump', 'base']);
+export type DownloadFormat = z.infer<typeof DownloadFormat>;
+
+/**
+ * A download link valid for `ttlSeconds`: the backup decrypted, as its pg_dump (restore with pg_restore)
+ * where it has one, else as a tar of the data directory (start PostgreSQL on it).
+ */
+export async function downloadLink(deps: BackupDeps, caller: Caller, idOrName: string, backupId: string, requested?: DownloadFormat, ttlSeconds = 900) {
   const database = await findDatabase(deps.store, caller, idOrName);
   const backup = await findBackup(deps.store, database, backupId);
   if (backup.status !== 'completed') throw new Unprocessable(`backup ${backup.id} is ${backup.status}; only a completed backup can be downloaded`);
+  const format = requested ?? (backup.logicalDump ? 'dump' : 'base');
+  if (format === 'dump' && !backup.logicalDump) {
+    throw new Unprocessable(`backup ${backup.id} has no pg_dump (no pg_dump as new as PostgreSQL ${backup.version} on its host); download format=base`, {
+      errors: [{ pointer: '/query/format', detail: 'this backup has only format base' }],
+    });
+  }
   const expires = Math.floor((deps.now ?? (() => new Date()))().getTime() / 1000) + ttlSeconds;
-  return { url: deps.agent.downloadUrl(database.id, backup.id, expires), expiresAt: new Date(expires * 1000).toISOString(), format: 'tar' as const };
+  return {
+    url: deps.agent.downloadUrl(database.id, backup.id, expires, format),
+    expiresAt: new Date(expires * 1000).toISOString(),
+    format: format === 'dump' ? 'pg_dump' as const : 'tar' as const,
+  };
 }
 
 /**

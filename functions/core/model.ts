@@ -88,6 +88,7 @@ export type Operation = z.infer<typeof Operation>;
 export const BackupKind = z.enum(['scheduled', 'manual', 'pre_restore', 'post_restore']);
 export type BackupKind = z.infer<typeof BackupKind>;
 export const BackupStatus = z.enum(['running', 'completed', 'failed']);
+const BackupCopy = z.object({ zone: z.string(), sha256: z.string(), ok: z.boolean() });
 
 /** A base backup of a database, as the control plane records it (the agent holds the bytes, in three zones). */
 export const Backup = z.object({
@@ -106,7 +107,9 @@ export const Backup = z.object({
   sizeBytes: z.number().int().optional(),
   /** SHA-256 of the stored (encrypted) object; every good copy has it. */
   sha256: z.string().optional(),
-  copies: z.array(z.object({ zone: z.string(), sha256: z.string(), ok: z.boolean() })),
+  copies: z.array(BackupCopy),
+  /** A pg_dump taken with it, where the host has a pg_dump as new as the server: what the download serves then. */
+  logicalDump: z.object({ sizeBytes: z.number().int(), sha256: z.string(), copies: z.array(BackupCopy) }).optional(),
   keyVersion: z.number().int().optional(),
   reason: z.string().optional(),
 });
