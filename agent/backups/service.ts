@@ -328,11 +328,18 @@ export function createBackupService(options: BackupServiceOptions) {
         }
         return entries;
       });
-      const result = await putThrough(baseKey(id, meta.job.id), tar.stdout, appender, createGzip({ level: 1 }), createEncryptor(key, meta.wrappedKey.version));
+      // The dump runs beside the base backup (pg_dump compresses in its own process: the other core). In
+      // the same job: either failing fails the backup, and finishBackup removes both objects.
+      const dumpWith = pgDump(major);
+      const [base, dumped] = await Promise.allSettled([
+        putThrough(baseKey(id, meta.job.id), tar.stdout, appender, createGzip({ level: 1 }), createEncryptor(key, meta.wrappedKey.version)),
+        dumpWith ? dumpDatabase(dumpWith, instance, meta, key) : Promise.resolve(undefined),
+      ]);
+      if (base.status === 'rejected') throw base.reason;
+      if (dumped.status === 'rejected') throw dumped.reason;
+      const result = base.value;
+      const dump = dumped.value;
       const bad = result.copies.filter((c) => !c.ok).map((c) => c.zone);
-      // After pg_backup_stop, in the same job: a dump that fails fails the backup (finishBackup removes both objects).
-      const dumpWith = bad.length === 0 ? pgDump(major) : undefined;
-      const dump = dumpWith ? await dumpDatabase(dumpWith, instance, meta, key) : undefined;
       const dumpBad = dump?.copies.filter((c) => !c.ok).map((c) => c.zone) ?? [];
       const finishedAt = new Date().toISOString();
       const reason = bad.length > 0
