@@ -112,7 +112,7 @@ try {
   lines.push('\n| what | time | throughput (data directory bytes / time) | ratio vs raw |');
   lines.push('|---|---|---|---|');
   lines.push(`| raw tar of the data directory to one file | ${seconds(rawTarMs)} | ${rate(dataBytes, rawTarMs)} | 1 |`);
-  lines.push(`| dbplane backup (API → completed: tar + gzip -1 + AES-256-GCM, and its pg_dump beside it; 3 copies of each written and read back) | ${seconds(backupMs)} | ${rate(dataBytes, backupMs)} | ${(rawTarMs / backupMs).toFixed(2)}× |`);
+  lines.push(`| dbplane backup (API → completed: tar + zstd -1 + AES-256-GCM, and its pg_dump beside it; 3 copies of each written and read back) | ${seconds(backupMs)} | ${rate(dataBytes, backupMs)} | ${(rawTarMs / backupMs).toFixed(2)}× |`);
   lines.push(`| raw untar of that tar | ${seconds(rawUntarMs)} | ${rate(dataBytes, rawUntarMs)} | 1 |`);
   lines.push(`| dbplane restore into a new database (API → running: read a good copy, decrypt, untar, recover, start) | ${seconds(restoreMs)} | ${rate(dataBytes, restoreMs)} | ${(rawUntarMs / restoreMs).toFixed(2)}× |`);
   lines.push(dumpLine);

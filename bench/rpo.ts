@@ -10,7 +10,7 @@ import { agentCaller, eventually } from '../test/helpers/agent.ts';
 
 /**
  * `npx tsx bench/rpo.ts`: the recovery point objective when a host is lost. One agent runs a database
- * (PostgreSQL 17, WAL archived with archive_timeout = 5 s) and takes a base backup; a client then
+ * (PostgreSQL 17, WAL archived with archive_timeout = 4 s) and takes a base backup; a client then
  * inserts rows one by one for RPO_SECONDS (default 30), recording each acknowledged one; then the
  * agent's whole process group (agent, postgres, archive_command) is SIGKILLed. A new agent, on a
  * fresh data folder but the same zone folders (the "S3") and master key, restores the backup into a
@@ -138,7 +138,7 @@ try {
   const lastAck = acknowledged.at(-1)!;
   const lostSeconds = lost.length === 0 ? 0 : (lastAck.at.getTime() - (found!.newest?.getTime() ?? writeStart)) / 1000;
 
-  // Stored size of the segments archive_timeout forced out (16 MiB each before gzip and encryption).
+  // Stored size of the segments archive_timeout forced out (16 MiB each before zstd and encryption).
   const segments: { name: string; sizeBytes: number; archivedAt: string }[] = [];
   for (const name of await segmentMetas()) {
     const meta = JSON.parse(await readFile(join(walDir, name), 'utf8')) as { sizeBytes: number; archivedAt: string };
@@ -150,7 +150,7 @@ try {
 
   const cpu = cpus();
   lines.push(
-    '## RPO: host lost, restore from the archive (archive_timeout = 5 s)',
+    '## RPO: host lost, restore from the archive (archive_timeout = 4 s)',
     '',
     `${new Date().toISOString()} — ${cpu.length} × ${cpu[0]?.model ?? 'unknown CPU'}, node ${process.version}, PostgreSQL ${spec.version} — \`npx tsx bench/rpo.ts\` (RPO_SECONDS=${writeSeconds})`,
     '',
@@ -164,7 +164,7 @@ try {
     `| restore target → recoveredTo | ${pointInTime} → ${restore.recoveredTo ?? 'unknown'} |`,
     `| restore (new agent, fresh data folder) to running | ${(restoreMs / 1000).toFixed(1)} s |`,
     `| segments archived while writing | ${during.length} |`,
-    `| stored size per forced segment while writing (gzip, then AES-256-GCM; 16 MiB raw) | median ${kB(median)}, min ${kB(during[0] ?? 0)}, max ${kB(during.at(-1) ?? 0)} |`,
+    `| stored size per forced segment while writing (zstd -1, then AES-256-GCM; 16 MiB raw) | median ${kB(median)}, min ${kB(during[0] ?? 0)}, max ${kB(during.at(-1) ?? 0)} |`,
     `| stored size of a segment forced out after one single-row INSERT (idle server) | ${kB(idleSegment.sizeBytes)}, archived ${idleSeconds.toFixed(1)} s after the write |`,
     '',
     'Kill: SIGKILL to the agent\'s process group (agent, postmaster and backends, any archive_command in flight);',

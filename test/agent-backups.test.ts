@@ -90,7 +90,7 @@ const pgDump15 = '/usr/lib/postgresql/15/bin/pg_dump';
 const pgRestore15 = '/usr/lib/postgresql/15/bin/pg_restore';
 
 const ids = (prefix: 'bk' | 'op') => `${prefix}-${randomBytes(16).toString('hex').slice(0, 26)}`;
-const zoneFile = (zone: string, id: string, backupId: string) => join(backupDir, zone, id, 'base', `${backupId}.tar.gz.enc`);
+const zoneFile = (zone: string, id: string, backupId: string) => join(backupDir, zone, id, 'base', `${backupId}.tar.zst.enc`);
 
 async function flipByte(path: string, at: number): Promise<void> {
   const handle = await open(path, 'r+');
@@ -504,7 +504,7 @@ describe('agent backups and restores', () => {
     let pitrPort: number;
     let pitrSpec: EnsureInstance;
 
-    it('archives with a 5 s archive_timeout (the RPO) and records where a backup starts in the WAL', async () => {
+    it('archives with a 4 s archive_timeout (the RPO) and records where a backup starts in the WAL', async () => {
       walKey = { version: 1, wrapped: await newWrappedDataKey(wrapper, walDb) };
       await call('PUT', `/v1/instances/${walDb}`, { ...spec, dataKey: walKey });
       walPort = (await running(walDb)).port;
@@ -515,7 +515,7 @@ describe('agent backups and restores', () => {
       await call('PUT', `/v1/instances/${walDb}/backups/${keptA}`, { kind: 'manual' });
 
       expect(await backupDone(walDb, keptA)).toMatchObject({ status: 'completed' });
-      expect(await adminQuery(walPort, 'SHOW archive_timeout')).toEqual([{ archive_timeout: '5s' }]);
+      expect(await adminQuery(walPort, 'SHOW archive_timeout')).toEqual([{ archive_timeout: '4s' }]);
       for (const zone of ['zone-a', 'zone-b', 'zone-c']) expect((await storedMeta(zone, walDb, keptA)).startWal).toMatch(/^00000001[0-9A-F]{16}$/);
     }, 60_000);
 
