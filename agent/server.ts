@@ -12,6 +12,7 @@ import type { Faults } from './faults.ts';
 import type { InstanceManager } from './instances.ts';
 import { errorMessage, log } from './log.ts';
 import { tableStats } from './tables.ts';
+import { instanceUsage } from './usage.ts';
 
 export interface AgentServices {
   host: HostInfo;
@@ -79,6 +80,15 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
         GET: async ({ id }) => {
           const instanceId = parse(InstanceId, id, '/id');
           return { status: 200, body: await tableStats(instanceId, instances.describe(instanceId)) };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/usage$/,
+      methods: {
+        GET: async ({ id }) => {
+          const instanceId = parse(InstanceId, id, '/id');
+          return { status: 200, body: await instanceUsage(instanceId, instances.describe(instanceId)) };
         },
       },
     },

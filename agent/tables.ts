@@ -4,20 +4,29 @@ import { Conflict, NotFound, Unprocessable } from '#core/errors.ts';
 import type { HostedInstance } from './backups/service.ts';
 import { adminRole } from './postgres.ts';
 
+/** The instance, which must be running: a 404 when it is not on this host, a 409 when it is not running. */
+export function runningInstance(id: string, instance: HostedInstance | undefined): HostedInstance {
+  if (!instance) throw new NotFound(`no instance ${id} on this host`);
+  if (instance.status !== 'running') throw new Conflict(`instance ${id} is ${instance.status}, not running`);
+  return instance;
+}
+
+/** A connection as the agent's admin role over the instance's unix socket. */
+export async function connectAdmin(instance: HostedInstance, database: string): Promise<pg.Client> {
+  const client = new pg.Client({ host: instance.paths.socket, port: instance.port, user: adminRole, database, connectionTimeoutMillis: 5_000 });
+  client.on('error', () => undefined);
+  await client.connect();
+  return client;
+}
+
 /**
  * What a restore drill checks: every user table of every database of the instance (but `postgres` and
  * the templates), counted with a sequential scan, so every heap page is read and a damaged one fails
  * the count. A table that cannot be read is a 422 naming it; the count is not worth retrying.
  */
 export async function tableStats(id: string, instance: HostedInstance | undefined): Promise<TableStats> {
-  if (!instance) throw new NotFound(`no instance ${id} on this host`);
-  if (instance.status !== 'running') throw new Conflict(`instance ${id} is ${instance.status}, not running`);
-  const connect = async (database: string) => {
-    const client = new pg.Client({ host: instance.paths.socket, port: instance.port, user: adminRole, database, connectionTimeoutMillis: 5_000 });
-    client.on('error', () => undefined);
-    await client.connect();
-    return client;
-  };
+  const running = runningInstance(id, instance);
+  const connect = (database: string) => connectAdmin(running, database);
 
   const tables: TableStats['tables'] = [];
   const admin = await connect('postgres');

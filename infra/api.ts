@@ -73,6 +73,7 @@ export class Api extends Construct {
           handler: route.handler,
           shared: props.shared,
           stateMachines: props.stateMachines,
+          agentAccess: route.agent,
           description: `${key}: ${route.summary}`.slice(0, 256),
         });
         byEntry.set(`${route.entry}#${route.handler}`, fn);

@@ -38,10 +38,12 @@ export interface RuntimeOptions {
 export interface Runtime {
   apiUrl: string;
   adminToken: string;
-  agentUrl: string;
+  readonly agentUrl: string;
   agentSecret: string;
   dynamoEndpoint: string;
   tableName: string;
+  /** Kills the agent and its servers at once (a host crash), then starts it again; tests only. */
+  crashAgent(): Promise<void>;
   /** Waits until every event put so far has been handled. */
   drainEvents(): Promise<void>;
   /** Runs a schedule now (as if fired at `time`, default now), e.g. the operation reaper. */
@@ -81,10 +83,14 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     const masterKeyFile = join(dataDir, 'master.key');
     LocalKeyWrapper.fromFile(masterKeyFile);
     process.env[keyEnvNames.masterKeyFile] = masterKeyFile;
-    const agent = await spawnAgent({ dataDir: join(dataDir, 'agent'), secret: agentSecret, faults: options.agentFaults });
+    const startAgent = async () => {
+      const started = await spawnAgent({ dataDir: join(dataDir, 'agent'), secret: agentSecret, faults: options.agentFaults });
+      rememberProcesses(dataDir, [dynamo.child.pid!, started.pid]);
+      log(`agent on ${started.url}`);
+      return started;
+    };
+    let agent = await startAgent();
     cleanups.push(() => agent.stop());
-    rememberProcesses(dataDir, [dynamo.child.pid!, agent.pid]);
-    log(`agent on ${agent.url}`);
 
     const bus = createLocalEventBus({ onError: (error) => log(`event delivery failed: ${(error as Error).message}`) });
     const { template } = await synthesizeTemplate({ bundle: false });
@@ -132,8 +138,17 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     return {
       apiUrl: api.url,
       adminToken,
-      agentUrl: agent.url,
+      get agentUrl() {
+        return agent.url;
+      },
       agentSecret,
+      async crashAgent() {
+        // SIGKILL to its process group: the agent and its servers die at once, as with the host.
+        process.kill(-agent.pid, 'SIGKILL');
+        await agent.stop();
+        agent = await startAgent();
+        process.env[envNames.agentUrl] = agent.url;
+      },
       dynamoEndpoint: dynamo.endpoint,
       tableName,
       drainEvents: () => bus.drain(),

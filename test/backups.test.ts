@@ -301,6 +301,34 @@ describe('failures', () => {
     expect((await takeBackup(alice.api, 'shop')).status).toBe('completed');
   }, 180_000);
 
+  it('ends a backup failed when the agent dies during it, lists no copy as good, and backs up again after', async () => {
+    const db = await createRunning(alice.api, 'crashed');
+    const client = await connect(db.database.url, db.password);
+    // ~150 MB of incompressible rows, so that the backup is still running when the agent dies.
+    await client.query(`create table big as select g, x.body from generate_series(1, 150000) g,
+      lateral (select string_agg(md5(random()::text || s::text || g::text), '') as body from generate_series(1, 32) s) x`);
+    await client.end();
+    const started = await alice.api.post('/databases/crashed/backups');
+    const backupId = started.body.backup.id as string;
+    const onHost = async () => {
+      const response = await fetch(`${runtime.agentUrl}/v1/archives/${db.id}/backups/${backupId}`, { headers: { authorization: `Bearer ${runtime.agentSecret}` } });
+      return response.status === 200 ? ((await response.json()) as { status: string }).status : undefined;
+    };
+    for (const deadline = Date.now() + 30_000; (await onHost()) !== 'running';) {
+      if (Date.now() > deadline) throw new Error('the backup never ran on the host');
+      await sleep(20);
+    }
+
+    await runtime.crashAgent();
+
+    const operation = await alice.api.waitForOperation(started.body.operation.id, 120_000);
+    expect(operation.status).toBe('failed');
+    expect((await alice.api.get(`/databases/crashed/backups/${backupId}`)).body).toMatchObject({ status: 'failed', copies: [] });
+    expect(storedFiles(db.id).filter((file) => file.endsWith(`${backupId}.tar.zst.enc`))).toEqual([]);
+    expect((await alice.api.get('/databases/crashed')).body.status).toBe('running');
+    expect((await takeBackup(alice.api, 'crashed')).status).toBe('completed');
+  }, 240_000);
+
   it('detects tampered copies: restores from a good copy, and refuses when none is left', async () => {
     const db = await createRunning(alice.api, 'fragile');
     const client = await connect(db.database.url, db.password);

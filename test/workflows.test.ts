@@ -278,6 +278,60 @@ describe('running locally through the Step Functions endpoint', () => {
     expect(calls.at(-1)!.payload.error.Error).toBe('AgentRefused');
   });
 
+  it('changes plan: precheck, resize, polls health, verifies, then completes', async () => {
+    script.CheckInstance = (payload, call) => ({ ready: call >= 2, attempts: (payload.health?.attempts ?? 0) + 1 });
+
+    const execution = await finished(await start('ChangePlan', 'op-plan'));
+
+    expect(execution.status).toBe('SUCCEEDED');
+    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'ResizeInstance', 'CheckInstance', 'CheckInstance', 'VerifyPlan', 'CompleteOperation']);
+  });
+
+  it('changes plan: a server that fails after the resize is reverted, then FailOperation with the original error', async () => {
+    script.CheckInstance = () => {
+      throw Object.assign(new Error('injected fault'), { name: 'InstanceFailed' });
+    };
+
+    const execution = await finished(await start('ChangePlan', 'op-plan-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'ResizeInstance', 'CheckInstance', 'RevertPlan', 'FailOperation']);
+    const failed = calls.at(-1)!.payload;
+    expect(failed.error.Error).toBe('InstanceFailed');
+    expect(failed.cleanupError).toBeUndefined();
+    expect(execution.error).toBe('InstanceFailed');
+  });
+
+  it('changes plan: a refused precheck or a failed verify also goes through RevertPlan', async () => {
+    script.VerifyPlan = () => {
+      throw Object.assign(new Error('max_connections is 50, not 150'), { name: 'PlanNotApplied' });
+    };
+    script.CheckInstance = () => ({ ready: true, attempts: 1 });
+
+    const execution = await finished(await start('ChangePlan', 'op-plan-verify-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence().slice(-3)).toEqual(['VerifyPlan', 'RevertPlan', 'FailOperation']);
+    expect(execution.error).toBe('PlanNotApplied');
+  });
+
+  it('changes plan: a failing revert still reaches FailOperation, with the revert error kept apart', async () => {
+    script.ResizeInstance = () => {
+      throw Object.assign(new Error('instance spec refused'), { name: 'AgentRefused' });
+    };
+    script.RevertPlan = () => {
+      throw Object.assign(new Error('the server did not come back'), { name: 'InstanceFailed' });
+    };
+
+    const execution = await finished(await start('ChangePlan', 'op-plan-revert-fails'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'ResizeInstance', 'RevertPlan', 'FailOperation']);
+    const failed = calls.at(-1)!.payload;
+    expect(failed.error.Error).toBe('AgentRefused');
+    expect(failed.cleanupError.Error).toBe('InstanceFailed');
+  });
+
   it('answers a repeated start like AWS: same input while running is idempotent, other input is ExecutionAlreadyExists', async () => {
     let release!: () => void;
     const held = new Promise<void>((resolve) => (release = resolve));

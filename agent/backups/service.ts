@@ -285,12 +285,20 @@ export function createBackupService(options: BackupServiceOptions) {
    * a tar of the data directory, pg_backup_stop (which waits until the WAL it needs is archived), then
    * backup_label, tablespace_map and that WAL appended to the tar, so the archive alone starts a server.
    */
+  /** The instance once it runs: a server still starting (after a host restart, say) gets a minute. */
+  async function runningInstance(id: string): Promise<HostedInstance> {
+    for (const deadline = Date.now() + 60_000; ; await sleep(200)) {
+      const instance = options.instances().describe(id);
+      if (instance?.status === 'running') return instance;
+      if (!instance || instance.status === 'failed' || Date.now() > deadline) throw new Error(`instance ${id} is not running`);
+    }
+  }
+
   async function runBackup(meta: BackupMeta): Promise<{ job: BackupJob; startWal?: string }> {
     const { databaseId: id } = meta.job;
     const fault = faults.take('backup', id);
     if (fault) throw new Error(fault.message);
-    const instance = options.instances().describe(id);
-    if (!instance || instance.status !== 'running') throw new Error(`instance ${id} is not running`);
+    const instance = await runningInstance(id);
     await keys.add(id, meta.wrappedKey, false);
     const key = keys.opener(id)(meta.wrappedKey.version)!;
     const major = majorOf(instance.spec.version);

@@ -2,7 +2,9 @@ import { type Command, Option } from 'commander';
 import type { z } from 'zod';
 import { type EngineName, engineNames } from '#core/catalog.ts';
 import { DatabaseView } from '#core/model.ts';
-import { AuditEventList, CreateDatabaseBody, DatabaseCreated, DatabaseDeleted, DatabaseList } from '../../functions/api/schemas.ts';
+import {
+  AuditEventList, type ChangePlanBody, CreateDatabaseBody, DatabaseCreated, DatabaseDeleted, DatabaseList, PlanChangePreview, PlanChangeStarted,
+} from '../../functions/api/schemas.ts';
 import { CliError } from '../client.ts';
 import { readConfig, updateConfig } from '../config.ts';
 import { type Context, contextOf } from '../context.ts';
@@ -74,6 +76,43 @@ export function registerDatabases(program: Command): void {
       });
     });
 
+  addWaitOptions(databases.command('plan')
+    .description("change a database's plan now, or queue the change for its maintenance window")
+    .argument('<database>', 'name or id')
+    .argument('<plan>', 'the target plan id (see dbplane plans)')
+    .addOption(new Option('--when <when>', 'now, or at the next maintenance window').choices(['now', 'maintenance_window']).default('now')))
+    .action(async (ref: string, plan: string, options: { when: 'now' | 'maintenance_window' } & WaitOptions, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      const body: z.input<typeof ChangePlanBody> = { plan, when: options.when };
+      const started = await ctx.client.post(`/databases/${encodeURIComponent(db.id)}/plan`, body, PlanChangeStarted);
+      if (ctx.json) ctx.out(json(started));
+      if (!started.operation) {
+        if (!ctx.json) ctx.out(`${db.name}: change to ${plan} queued for the next maintenance window\n`);
+        return;
+      }
+      if (!ctx.json) ctx.out(`changing ${db.name} from ${db.plan} to ${plan}: ${started.operation.kind} operation ${started.operation.id}\n`);
+      if (options.wait) await waitForOperation(ctx, started.operation, options.timeout);
+    });
+
+  databases.command('plan-preview')
+    .description('what a plan change would do, and whether it may start now; changes nothing')
+    .argument('<database>', 'name or id')
+    .argument('<plan>', 'the target plan id')
+    .action(async (ref: string, plan: string, _options: unknown, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      const preview = await ctx.client.get(`/databases/${encodeURIComponent(db.id)}/plan-change/preview?plan=${encodeURIComponent(plan)}`, PlanChangePreview);
+      if (ctx.json) return ctx.out(json(preview));
+      ctx.out(fields([
+        ['from', preview.from],
+        ['to', preview.to],
+        ['allowed', preview.allowed ? 'yes' : `no: ${preview.reasons.join('; ')}`],
+        ['unavailable', `about ${preview.expectedUnavailabilitySeconds} s`],
+      ]));
+      ctx.out(preview.steps.map((step, i) => `  ${i + 1}. ${step}\n`).join(''));
+    });
+
   databases.command('url')
     .description('the connection URL, with the password saved when this machine created the database')
     .argument('<database>', 'name or id')
@@ -111,6 +150,7 @@ function databaseFields(db: DatabaseView, extra: [string, string][] = []): strin
     ['id', db.id],
     ['engine', `${db.engine} ${db.version}`],
     ['plan', db.plan],
+    ['pending plan', db.pendingPlanChange && `${db.pendingPlanChange.plan} at the next maintenance window (asked ${db.pendingPlanChange.requestedAt})`],
     ['status', db.statusReason ? `${db.status} (${db.statusReason})` : db.status],
     ['url', db.url],
     ['user', db.username],

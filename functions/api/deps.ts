@@ -9,5 +9,5 @@ let deps: Deps | undefined;
 /** The domain's dependencies, built once per Lambda container. */
 export const apiDeps = (): Deps => (deps ??= { store: getStore(), workflows: new Workflows(), events: new EventPublisher() });
 
-/** With the agent, for what reads the archives (recovery window, download links, restores). */
+/** With the agent, for what reads the archives (recovery window, download links, restores) or the live server (plan changes). */
 export const backupDeps = async (): Promise<BackupDeps> => ({ ...apiDeps(), agent: await agentClient() });

@@ -3,6 +3,7 @@ import { EngineName, OfferedVersion, Plan, planIds } from '#core/catalog.ts';
 import { Account, AuditEvent, Backup, DatabaseName, DatabaseView, Operation, Scope, TokenRecord } from '#core/model.ts';
 import { DownloadFormat } from '#core/backups.ts';
 export { BackupScheduleBody, RestoreRequest } from '#core/backups.ts';
+export { ChangePlanBody, PlanPreviewQuery } from '#core/plans.ts';
 
 /** Request and response schemas of the HTTP API: the handlers parse with them and /openapi.json shows them. */
 
@@ -46,6 +47,19 @@ export const RestoreStarted = z.object({
   database: DatabaseView,
   operation: Operation,
   password: z.string().optional().describe('into a new database: its password, shown once'),
+});
+
+export const PlanChangePreview = z.object({
+  allowed: z.boolean().describe('whether the change would start now'),
+  reasons: z.array(z.string()).describe('why not, when it would not'),
+  from: z.string(),
+  to: z.string(),
+  steps: z.array(z.string()).describe('what the change does, in order'),
+  expectedUnavailabilitySeconds: z.number().describe('an estimate: one node restarts on the new settings'),
+});
+export const PlanChangeStarted = z.object({
+  database: DatabaseView,
+  operation: Operation.optional().describe('absent with when=maintenance_window: the change is queued on the database (pendingPlanChange)'),
 });
 
 export const EngineList = z.object({

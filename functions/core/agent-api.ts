@@ -11,6 +11,8 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   PUT    /v1/instances/{id}       EnsureInstance → Instance   (creates or converges; never waits for health)
  *   GET    /v1/instances/{id}       → Instance | 404
  *   DELETE /v1/instances/{id}       → 204 (stops the server and removes its data; absent is fine)
+ *   GET    /v1/instances/{id}/usage → InstanceUsage (what a plan change checks: size of the data directory,
+ *          client connections from pg_stat_activity, and the live values of the settings the spec manages)
  *   PUT    /v1/faults               Fault → 204 (only when the agent runs with fault injection enabled)
  *   DELETE /v1/faults               → 204
  *
@@ -76,6 +78,20 @@ export const Instance = z.object({
   reason: z.string().optional(),
 });
 export type Instance = z.infer<typeof Instance>;
+
+/**
+ * What a running server uses now, for plan changes: the target plan must hold the data directory (with
+ * a margin) and the client connections, and after a resize its settings must read back as the plan's.
+ */
+export const InstanceUsage = z.object({
+  /** Bytes in the data directory (tables, indexes, WAL not yet recycled). */
+  diskBytes: z.number().int(),
+  /** Client backends in pg_stat_activity, the agent's own connection excluded. */
+  connections: z.number().int(),
+  /** `current_setting(name)` of every setting the instance's spec manages (e.g. max_connections, shared_buffers). */
+  settings: PostgresSettings,
+});
+export type InstanceUsage = z.infer<typeof InstanceUsage>;
 
 // ---- backups
 

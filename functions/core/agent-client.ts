@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import {
-  ArchiveSummary, BackupJob, downloadSignature, EnsureInstance, HostInfo, Instance, RestoreJob, type StartBackup, type StartRestore,
+  ArchiveSummary, BackupJob, downloadSignature, EnsureInstance, HostInfo, Instance, InstanceUsage, RestoreJob, type StartBackup, type StartRestore,
   TableStats, WalRetentionResult,
 } from './agent-api.ts';
 import { config, envNames } from './config.ts';
@@ -24,6 +24,11 @@ export class AgentClient {
 
   async deleteInstance(id: string): Promise<void> {
     await this.call('DELETE', `/v1/instances/${id}`, undefined);
+  }
+
+  /** Disk, connections and live settings of a running server (409 when it is not running). */
+  usage(id: string): Promise<InstanceUsage> {
+    return this.call('GET', `/v1/instances/${id}/usage`, InstanceUsage);
   }
 
   startBackup(databaseId: string, backupId: string, request: StartBackup): Promise<BackupJob> {

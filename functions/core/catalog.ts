@@ -122,6 +122,20 @@ export function findPlan(id: string): Plan | undefined {
 export const PostgresSettings = z.record(z.string(), z.string());
 export type PostgresSettings = z.infer<typeof PostgresSettings>;
 
+const settingUnits: Record<string, number> = { kB: 1, MB: 1024, GB: 1024 ** 2, TB: 1024 ** 3 };
+
+/**
+ * Whether two values of a setting are the same: memory sizes compare by amount, so the plan's "1024MB"
+ * equals the "1GB" PostgreSQL shows; anything else compares as written.
+ */
+export function sameSetting(a: string, b: string): boolean {
+  const amount = (value: string) => {
+    const match = /^(\d+)\s*(kB|MB|GB|TB)?$/.exec(value.trim());
+    return match ? Number(match[1]) * (match[2] ? settingUnits[match[2]] : 1) : value.trim();
+  };
+  return amount(a) === amount(b);
+}
+
 /**
  * PostgreSQL settings derived from a plan, following the usual sizing rules: shared_buffers a quarter
  * of memory, effective_cache_size three quarters, work_mem what is left spread over the connections

@@ -123,3 +123,10 @@ export class RestoreFailed extends DomainError {
   readonly status = 502;
   readonly title = 'The restore failed';
 }
+
+/** After a plan change the server does not run with the target plan's settings. */
+export class PlanNotApplied extends DomainError {
+  override readonly name = 'PlanNotApplied';
+  readonly status = 502;
+  readonly title = 'The plan change did not take effect';
+}

@@ -29,6 +29,11 @@ export class EventPublisher {
     await this.put(detailTypes.databaseStatusChanged, { databaseId: database.id, accountId: database.accountId, operationId, from, to });
   }
 
+  /** Billing reads this: the plan of record changed at `at`, from `from` to `to`. */
+  async planChanged(operation: Pick<Operation, 'id' | 'databaseId' | 'accountId'>, change: { from: string; to: string; at: string }): Promise<void> {
+    await this.put(detailTypes.planChanged, { databaseId: operation.databaseId, accountId: operation.accountId, operationId: operation.id, ...change });
+  }
+
   private async put(detailType: string, detail: Record<string, unknown>): Promise<void> {
     const result = await this.client.send(new PutEventsCommand({
       Entries: [{ EventBusName: this.busName, Source: eventSource, DetailType: detailType, Detail: JSON.stringify(detail) }],

@@ -34,6 +34,8 @@ export const Database = z.object({
   lastScheduledBackup: z.string().optional(),
   /** The version of the data key in use (KEY#<n>); absent before provisioning created it or after a purge. */
   dataKeyVersion: z.number().int().optional(),
+  /** A plan change asked for the next maintenance window (`when: maintenance_window`); nothing runs it before then. */
+  pendingPlanChange: z.object({ plan: z.string(), requestedAt: z.string() }).optional(),
   rev: z.number().int(),
   createdAt: z.string(),
   updatedAt: z.string(),
@@ -49,8 +51,8 @@ export function databaseView({ passwordVerifier: _verifier, rev: _rev, lastSched
   return endpoint ? { ...database, url: `postgresql://${username}@${endpoint.host}:${endpoint.port}/${databaseName}` } : database;
 }
 
-/** `drill`: a restore drill, which restores into a scratch server and holds no lock on the database. */
-export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore', 'drill']);
+/** `drill`: a restore drill, which restores into a scratch server and holds no lock on the database. `change_plan`: input `{fromPlan, toPlan}`. */
+export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore', 'drill', 'change_plan']);
 export type OperationKind = z.infer<typeof OperationKind>;
 
 export const OperationStatus = z.enum(['pending', 'running', 'succeeded', 'failed', 'rolled_back']);

@@ -1,11 +1,12 @@
 import type { EnsureInstance, StartRestore } from './agent-api.ts';
-import { findPlan, postgresSettings } from './catalog.ts';
+import { findPlan, postgresSettings, sameSetting } from './catalog.ts';
 import type { AgentClient } from './agent-client.ts';
 import { backupOutcome, DrillInput, RestoreInput } from './backups.ts';
-import { BackupFailed, InstanceFailed, RestoreFailed } from './errors.ts';
+import { BackupFailed, InstanceFailed, PlanNotApplied, RestoreFailed, Unprocessable } from './errors.ts';
 import type { EventPublisher } from './events.ts';
 import { type KeyWrapper, newWrappedDataKey } from './keys.ts';
 import type { Database, DatabaseStatus, Operation } from './model.ts';
+import { ChangePlanInput, usageProblems } from './plans.ts';
 import type { StepInput } from './steps.ts';
 import type { Store } from './store.ts';
 
@@ -44,10 +45,10 @@ async function wrappedKeyOf(store: Store, database: Pick<Database, 'id' | 'dataK
   return { version: key.version, wrapped: key.wrapped };
 }
 
-/** What the agent needs to run the database's server: version, role, settings from the plan, data key. */
-async function instanceSpec(store: Store, database: Database): Promise<EnsureInstance> {
-  const plan = findPlan(database.plan);
-  if (!plan) throw new Error(`unknown plan ${database.plan}`);
+/** What the agent needs to run the database's server: version, role, settings from the plan (its own, or `planId`), data key. */
+async function instanceSpec(store: Store, database: Database, planId = database.plan): Promise<EnsureInstance> {
+  const plan = findPlan(planId);
+  if (!plan) throw new Error(`unknown plan ${planId}`);
   return {
     engine: database.engine,
     version: database.version,
@@ -61,6 +62,50 @@ async function instanceSpec(store: Store, database: Database): Promise<EnsureIns
 export async function ensureInstance(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { database } = await load(deps.store, input);
   await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database));
+}
+
+// ---- plan changes (one node): precheck, resize, verify; revert on any failure
+
+/** Runs the plan change's usage checks again, against the live server. */
+export async function precheckPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  const { toPlan } = ChangePlanInput.parse(operation.input);
+  const problems = usageProblems(await deps.agent.usage(database.id), findPlan(toPlan)!);
+  if (problems.length > 0) throw new Unprocessable(problems.join('; '));
+}
+
+/** The agent restarts the server with the target plan's settings (same port); the poll that follows waits for health. */
+export async function resizeInstance(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, ChangePlanInput.parse(operation.input).toPlan));
+}
+
+/** The server reads back every setting of the target plan, on the port the database's URL names. */
+export async function verifyPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  const expected = postgresSettings(findPlan(ChangePlanInput.parse(operation.input).toPlan)!);
+  const [usage, instance] = await Promise.all([deps.agent.usage(database.id), deps.agent.getInstance(database.id)]);
+  const wrong = Object.entries(expected)
+    .filter(([name, value]) => !sameSetting(usage.settings[name] ?? '', value))
+    .map(([name, value]) => `${name} is ${usage.settings[name] ?? 'unset'}, not ${value}`);
+  if (instance && database.endpoint && instance.port !== database.endpoint.port) wrong.push(`the server moved to port ${instance.port}`);
+  if (wrong.length > 0) throw new PlanNotApplied(wrong.join('; '));
+}
+
+/** How long RevertPlan waits for the server to come back on the old settings (within the step's 60 s). */
+const revertHealthMs = 45_000;
+
+/** Puts the previous plan's settings back and waits until the server runs on them; a no-op when they never changed. */
+export async function revertPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, ChangePlanInput.parse(operation.input).fromPlan));
+  const deadline = Date.now() + revertHealthMs;
+  for (;;) {
+    const { ready } = await checkInstance(deps.agent, input);
+    if (ready) return;
+    if (Date.now() > deadline) throw new InstanceFailed(`the server did not come back on ${database.plan} within ${revertHealthMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
 }
 
 /** Where a poll stands: `attempts` counts the checks so a state machine can bound the loop. */
@@ -214,8 +259,10 @@ export async function completeOperation(deps: StepDeps, input: StepInput): Promi
     backup: async () => ({ status: 'running' }),
     restore: async () => (RestoreInput.parse(operation.input).into === 'new' ? newServer() : { status: 'running' }),
     drill: async () => ({ status: database.status }),
+    change_plan: async () => ({ status: 'running', plan: ChangePlanInput.parse(operation.input).toPlan }),
   };
-  await finish(deps, operation, database, { status: 'succeeded', at }, await changes[operation.kind]());
+  if (!(await finish(deps, operation, database, { status: 'succeeded', at }, await changes[operation.kind]()))) return;
+  if (operation.kind === 'change_plan') await deps.events.planChanged(operation, { from: database.plan, to: ChangePlanInput.parse(operation.input).toPlan, at });
 }
 
 type FinishChanges = Parameters<Store['finishOperation']>[2];
@@ -232,11 +279,14 @@ export async function failOperation(deps: Omit<StepDeps, 'agent'>, input: StepIn
   const failedBackup = backup && backup.status !== 'completed'
     ? [{ Put: { TableName: deps.store.table, Item: deps.store.backupItem({ ...backup, status: 'failed', reason, finishedAt: at }) } }]
     : [];
-  // The database was not touched by a failed backup, nor by a failed restore in place (the host put the old data back).
-  const untouched = operation.kind === 'backup' || (operation.kind === 'restore' && RestoreInput.parse(operation.input).into === 'same');
+  // The database was not touched by a failed backup, nor by a failed restore in place (the host put the old data back),
+  // nor by a failed plan change whose revert worked (the server runs on its previous plan).
+  const rolledBack = (operation.kind === 'restore' && RestoreInput.parse(operation.input).into === 'same')
+    || (operation.kind === 'change_plan' && !input.cleanupError);
+  const untouched = operation.kind === 'backup' || rolledBack;
   await finish(
     deps, operation, database,
-    { status: untouched && operation.kind === 'restore' ? 'rolled_back' : 'failed', error: reason, at },
+    { status: rolledBack ? 'rolled_back' : 'failed', error: reason, at },
     untouched ? { status: 'running' } : { status: 'failed', statusReason: reason },
     failedBackup,
   );
@@ -249,13 +299,14 @@ async function finish(
   outcome: { status: Operation['status']; error?: string; at: string },
   changes: FinishChanges,
   extraItems: Parameters<Store['finishOperation']>[3] = [],
-): Promise<void> {
+): Promise<boolean> {
   // A retry after the lock was released finds nothing to do, and sends no second event.
-  if (!(await deps.store.finishOperation(operation, outcome, changes, extraItems))) return;
+  if (!(await deps.store.finishOperation(operation, outcome, changes, extraItems))) return false;
   await deps.events.operationFinished({ ...operation, status: outcome.status, error: outcome.error, finishedAt: outcome.at });
   if (database.status !== changes.status) {
     await deps.events.databaseStatusChanged(database, database.status, changes.status as DatabaseStatus, operation.id);
   }
+  return true;
 }
 
 /** Step Functions puts a Lambda error's message inside `Cause` as JSON (`errorMessage`); show that. */
@@ -295,6 +346,7 @@ export async function reapOperation(deps: ReaperDeps, ref: Pick<Operation, 'id' 
   if (operation.kind === 'provision') await removeInstance(deps.agent, input);
   if (operation.kind === 'restore') await abandonRestore(deps, input);
   if (operation.kind === 'drill') await removeScratch(deps, input);
+  if (operation.kind === 'change_plan') await revertPlan(deps, input);
   await failOperation(deps, { ...input, error: { Error: 'ExecutionLost', Cause: 'the workflow stopped before the operation finished; cleaned up' } });
   return true;
 }

@@ -174,6 +174,8 @@ export class Store {
       status: DatabaseStatus;
       statusReason?: string;
       endpoint?: Database['endpoint'];
+      /** A plan change that succeeded: the new plan of record. */
+      plan?: string;
       deleted?: { accountId: string; name: string };
       /** With `deleted`: the backups and data key were destroyed, so the pruner has nothing left to visit. */
       purged?: boolean;
@@ -186,6 +188,7 @@ export class Store {
     const values: Record<string, unknown> = { ':op': operation.id, ':dbStatus': changes.status, ':at': outcome.at, ':one': 1 };
     if (changes.statusReason) { set.push('statusReason = :reason'); values[':reason'] = changes.statusReason; } else remove.push('statusReason');
     if (changes.endpoint) { set.push('endpoint = :endpoint'); values[':endpoint'] = changes.endpoint; }
+    if (changes.plan) { set.push('#plan = :plan'); values[':plan'] = changes.plan; }
     if (changes.deleted) remove.push('gsi1pk', 'gsi1sk', 'endpoint');
     if (changes.purged) remove.push('gsi3pk', 'gsi3sk', 'dataKeyVersion');
     const items: TransactItems = [
@@ -195,7 +198,7 @@ export class Store {
           Key: dbKey(operation.databaseId),
           UpdateExpression: `SET ${set.join(', ')} REMOVE ${remove.join(', ')}`,
           ConditionExpression: 'activeOperation = :op',
-          ExpressionAttributeNames: { '#status': 'status' },
+          ExpressionAttributeNames: { '#status': 'status', ...(changes.plan ? { '#plan': 'plan' } : {}) },
           ExpressionAttributeValues: values,
         },
       },
@@ -390,6 +393,25 @@ export class Store {
       ReturnValues: 'ALL_NEW',
     }));
     return Database.parse(strip(Attributes!));
+  }
+
+  /** Records a plan change for the next maintenance window (a newer request replaces an older one); the database must be running. */
+  async setPendingPlanChange(databaseId: string, pending: NonNullable<Database['pendingPlanChange']>): Promise<Database> {
+    try {
+      const { Attributes } = await this.doc.send(new UpdateCommand({
+        TableName: this.table,
+        Key: dbKey(databaseId),
+        UpdateExpression: 'SET pendingPlanChange = :pending, updatedAt = :at, rev = rev + :one',
+        ConditionExpression: 'attribute_exists(pk) AND #status = :running',
+        ExpressionAttributeNames: { '#status': 'status' },
+        ExpressionAttributeValues: { ':pending': pending, ':at': pending.requestedAt, ':one': 1, ':running': 'running' },
+        ReturnValues: 'ALL_NEW',
+      }));
+      return Database.parse(strip(Attributes!));
+    } catch (error) {
+      if (!(error instanceof ConditionalCheckFailedException)) throw error;
+      throw new Conflict(`the database is ${(await this.getDatabase(databaseId))?.status ?? 'gone'}; a plan change needs it running`);
+    }
   }
 
   /** Removes a deleted database from the pruner's index once nothing of it is left. */

@@ -8,6 +8,8 @@ export const detailTypes = {
   operationFinished: 'dbplane.operation.finished',
   databaseStatusChanged: 'dbplane.database.status-changed',
   restoreDrillFailed: 'dbplane.restore-drill.failed',
+  /** Billing-relevant: a plan change succeeded (`from`, `to`, `at`). */
+  planChanged: 'dbplane.database.plan-changed',
 } as const;
 
 export interface EventRule {

@@ -59,6 +59,7 @@ export class Workflows extends Construct {
       Backup: this.stateMachine('Backup', timeout, (scope) => this.backup(scope)),
       Restore: this.stateMachine('Restore', timeout, (scope) => this.restore(scope)),
       RestoreDrill: this.stateMachine('RestoreDrill', timeout, (scope) => this.restoreDrill(scope)),
+      ChangePlan: this.stateMachine('ChangePlan', timeout, (scope) => this.changePlan(scope)),
     };
   }
 
@@ -152,6 +153,17 @@ export class Workflows extends Construct {
     return wait;
   }
 
+  /** Polls CheckInstance (at `$.health`) until the server runs (→ `onReady`); a failed server or no health in time → `onFailure`. */
+  private waitForHealth(scope: Construct, onReady: sfn.IChainable, onFailure: sfn.IChainable): sfn.Wait {
+    return this.poll(
+      scope,
+      { wait: stateNames.waitForInstance, check: 'CheckInstance', choice: stateNames.isInstanceReady, timedOut: stateNames.instanceNotHealthy },
+      polls.instance,
+      paths.health,
+      { onReady, onTimeout: onFailure, onError: onFailure },
+    );
+  }
+
   private succeed(scope: Construct): sfn.Succeed {
     return new sfn.Succeed(scope, stateNames.succeeded, { stateName: stateNames.succeeded });
   }
@@ -173,14 +185,7 @@ export class Workflows extends Construct {
     const cleanup = remove.next(failure);
 
     const [begin, createKey, ensure, complete] = this.sequence(scope, ['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'CompleteOperation'], cleanup);
-    const waitForHealth = this.poll(
-      scope,
-      { wait: stateNames.waitForInstance, check: 'CheckInstance', choice: stateNames.isInstanceReady, timedOut: stateNames.instanceNotHealthy },
-      polls.instance,
-      paths.health,
-      { onReady: complete.next(this.succeed(scope)), onTimeout: cleanup, onError: cleanup },
-    );
-    return begin.next(createKey).next(ensure).next(waitForHealth);
+    return begin.next(createKey).next(ensure).next(this.waitForHealth(scope, complete.next(this.succeed(scope)), cleanup));
   }
 
   /** BeginOperation → RemoveInstance → PurgeBackups (only with `purge`) → CompleteOperation; any failure: FailOperation → Failed. */
@@ -260,5 +265,24 @@ export class Workflows extends Construct {
       { onReady: verify.next(removeScratch), onTimeout: removeScratch, onError: removeScratch },
     );
     return begin.next(start).next(waitForRestore);
+  }
+
+  /**
+   * One node: BeginOperation → PrecheckPlan (usage against the live server) → ResizeInstance (restart on
+   * the target plan's settings, same port) → poll CheckInstance → VerifyPlan → CompleteOperation (the plan
+   * of record changes only here). Any failure, or no health after `polls.instance.maxChecks`: RevertPlan
+   * (the previous plan's settings, waited for until healthy) → FailOperation (`rolled_back`) → Failed.
+   */
+  private changePlan(scope: Construct): sfn.IChainable {
+    const failure = this.failure(scope);
+    const revert = this.task(scope, 'RevertPlan');
+    // A failed revert keeps the original error at $.error; FailOperation then ends the operation `failed`.
+    revert.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
+    const rollback = revert.next(failure);
+
+    const [begin, precheck, resize, verify, complete] = this.sequence(
+      scope, ['BeginOperation', 'PrecheckPlan', 'ResizeInstance', 'VerifyPlan', 'CompleteOperation'], rollback,
+    );
+    return begin.next(precheck).next(resize).next(this.waitForHealth(scope, verify.next(complete).next(this.succeed(scope)), rollback));
   }
 }

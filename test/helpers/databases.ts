@@ -11,6 +11,16 @@ export async function connect(url: string, password: string): Promise<pg.Client>
   return client;
 }
 
+/** Runs `fn` on a fresh connection to the database, closed afterwards. */
+export async function withConnection<T>(url: string, password: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = await connect(url, password);
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
+}
+
 /** Creates a database and waits until it runs. */
 export async function createRunning(api: ApiClient, name: string, plan = 'starter-512') {
   const created = await api.post('/databases', { name, engine: 'postgresql', plan });

@@ -8,14 +8,15 @@ export async function startTestRuntime(options: { agentFaults?: boolean } = {}):
   const dataDir = mkdtempSync(join(tmpdir(), 'dbplane-test-'));
   try {
     const runtime = await startRuntime({ dataDir, port: 0, agentFaults: options.agentFaults, fastWaits: true });
-    return {
-      ...runtime,
+    const stopRuntime = runtime.stop;
+    // Assigned onto the runtime (not spread): `agentUrl` is a getter that follows agent restarts.
+    return Object.assign(runtime, {
       dataDir,
       async stop() {
-        await runtime.stop();
+        await stopRuntime();
         rmSync(dataDir, { recursive: true, force: true });
       },
-    };
+    });
   } catch (error) {
     rmSync(dataDir, { recursive: true, force: true });
     throw error;
