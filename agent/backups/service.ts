@@ -550,6 +550,7 @@ export function createBackupService(options: BackupServiceOptions) {
         await makePrivateDir(paths.data, runAs);
         await untar(tar, paths.data);
       });
+      log('info', 'restore unpacked', { restore: job.id, backup: meta.job.id });
       for (const dir of emptiedDirs) await makePrivateDir(join(paths.data, dir), runAs);
       await writeOwned(join(paths.data, 'recovery.signal'), '');
       const target = toEnd
@@ -566,6 +567,7 @@ export function createBackupService(options: BackupServiceOptions) {
         ...target,
       ]);
       const lastReplayed = await recover(install, paths, port, `backup ${meta.job.id}`);
+      log('info', 'restore recovered', { restore: job.id, backup: meta.job.id });
 
       const fault = faults.take('restore', job.instanceId);
       if (fault) throw new Error(fault.message);
