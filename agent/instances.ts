@@ -8,6 +8,7 @@ import { EnsureInstance, InstanceId, type Instance, type WrappedKey } from '#cor
 import { BadRequest, Conflict, Unprocessable, type FieldIssue } from '#core/errors.ts';
 import type { HostedInstance, InstanceAccess } from './backups/service.ts';
 import { InjectedFault, type Faults } from './faults.ts';
+import { createGateway, type Gateway } from './gateway.ts';
 import type { PostgresInstall } from './host.ts';
 import { errorMessage, log } from './log.ts';
 import {
@@ -16,13 +17,18 @@ import {
 } from './postgres.ts';
 import { supervise, type Supervisor } from './supervisor.ts';
 
-/** What `<dataDir>/instances/<id>/state.json` holds: enough to bring the instance back after a restart. */
-const StoredInstance = z.object({ id: InstanceId, port: z.number().int(), spec: EnsureInstance });
-type StoredInstance = z.infer<typeof StoredInstance>;
+/**
+ * What `<dataDir>/instances/<id>/state.json` holds: enough to bring the instance back after a restart.
+ * `port` is the server's; `gatewayPort` the stable endpoint clients use (absent in a state.json older than the gateway).
+ */
+const SavedInstance = z.object({ id: InstanceId, port: z.number().int(), gatewayPort: z.number().int().optional(), spec: EnsureInstance });
+type StoredInstance = z.infer<typeof SavedInstance> & { gatewayPort: number };
 
 interface Managed {
   stored: StoredInstance;
   supervisor: Supervisor;
+  /** Absent only when it could not listen after an agent restart (logged); clients then cannot reach the server. */
+  gateway?: Gateway;
 }
 
 export interface InstanceManager extends InstanceAccess {
@@ -99,20 +105,47 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     return managed;
   }
 
+  /** The gateway sends new connections to the server only once it runs (and is provisioned); meanwhile they wait. */
+  function openGateway(managed: Managed): Promise<Gateway> {
+    return createGateway({
+      port: managed.stored.gatewayPort,
+      target: () => (managed.supervisor.state().status === 'running' ? { host, port: managed.stored.port } : undefined),
+    });
+  }
+
+  /** Stops managing an instance: no new connections, then the server stops. */
+  async function release(managed: Managed): Promise<void> {
+    instances.delete(managed.stored.id);
+    await managed.gateway?.close();
+    await managed.supervisor.stop();
+  }
+
+  /** Every port an instance owns (server and gateway), so a new one is never handed out twice. */
+  const takenPorts = (extra: number[] = []) => new Set([...[...instances.values()].flatMap((m) => [m.stored.port, m.stored.gatewayPort]), ...extra]);
+
   function view({ stored, supervisor }: Managed): Instance {
-    return { id: stored.id, engine: stored.spec.engine, version: stored.spec.version, host, port: stored.port, ...supervisor.state() };
+    return {
+      id: stored.id, engine: stored.spec.engine, version: stored.spec.version, host, port: stored.port, gatewayPort: stored.gatewayPort,
+      ...supervisor.state(),
+    };
   }
 
   async function create(id: string, spec: EnsureInstance): Promise<Managed> {
     if (!installs.some((i) => i.version === spec.version)) {
       throw new Unprocessable(`PostgreSQL ${spec.version} is not installed on this host`);
     }
-    const stored = { id, port: await allocatePort(new Set([...instances.values()].map((m) => m.stored.port))), spec };
+    const port = await allocatePort(takenPorts());
+    const stored = { id, port, gatewayPort: await allocatePort(takenPorts([port])), spec };
     await makePrivateDir(instanceDir(id), runAs);
-    await saveState(stored);
     const managed = manage(stored);
+    // Listening before the state is saved: a port taken meanwhile fails this call (the caller retries), leaving no instance behind.
+    managed.gateway = await openGateway(managed);
+    await saveState(stored).catch(async (error: unknown) => {
+      await managed.gateway?.close();
+      throw error;
+    });
     instances.set(id, managed);
-    log('info', 'instance created', { instance: id, version: spec.version, port: stored.port });
+    log('info', 'instance created', { instance: id, version: spec.version, port: stored.port, gatewayPort: stored.gatewayPort });
     return managed;
   }
 
@@ -190,8 +223,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       if (fault) throw new InjectedFault(fault.message);
       const managed = instances.get(id);
       if (managed) {
-        await managed.supervisor.stop();
-        instances.delete(id);
+        await release(managed);
         await rm(serverPaths(managed.stored).socket, { recursive: true, force: true });
       }
       await rm(instanceDir(id), { recursive: true, force: true });
@@ -204,14 +236,29 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         await mkdir(dir, { recursive: true });
         if (runAs) await chmod(dir, 0o711);
       }
+      const saved = [];
       for (const id of await readdir(instancesDir)) {
         const stored = await readFile(join(instanceDir(id), 'state.json'), 'utf8')
-          .then((text) => StoredInstance.parse(JSON.parse(text)))
+          .then((text) => SavedInstance.parse(JSON.parse(text)))
           .catch((error: unknown) => log('error', 'ignoring an instance folder without a valid state.json', { instance: id, error: errorMessage(error) }));
-        if (!stored || stored.id !== id) continue;
-        await undoUnfinishedSwap(id);
+        if (stored && stored.id === id) saved.push(stored);
+      }
+      // Every port already owned is known before an instance from an older agent gets its gateway port.
+      const owned = saved.flatMap((s) => (s.gatewayPort === undefined ? [s.port] : [s.port, s.gatewayPort]));
+      for (const { gatewayPort, ...rest } of saved) {
+        const stored = { ...rest, gatewayPort: gatewayPort ?? await allocatePort(new Set(owned)) };
+        if (gatewayPort === undefined) {
+          owned.push(stored.gatewayPort);
+          await saveState(stored);
+          log('info', 'instance given a gateway port', { instance: stored.id, gatewayPort: stored.gatewayPort });
+        }
+        await undoUnfinishedSwap(stored.id);
         const managed = manage(stored);
-        instances.set(id, managed);
+        managed.gateway = await openGateway(managed).catch((error: unknown) => {
+          log('error', 'the gateway could not listen; clients cannot reach this instance', { instance: stored.id, gatewayPort: stored.gatewayPort, error: errorMessage(error) });
+          return undefined;
+        });
+        instances.set(stored.id, managed);
         managed.supervisor.start();
       }
     },
@@ -258,14 +305,16 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       managed.supervisor.start();
       const state = await settled(managed);
       if (state.status === 'running') return;
-      await managed.supervisor.stop();
-      instances.delete(id);
+      await release(managed);
       await rm(instanceDir(id), { recursive: true, force: true });
       throw new Error(`the restored server did not start: ${state.reason ?? state.status}`);
     }),
 
     async stopAll() {
-      await Promise.all([...instances.values()].map((m) => m.supervisor.stop()));
+      await Promise.all([...instances.values()].map(async (m) => {
+        await m.gateway?.close();
+        await m.supervisor.stop();
+      }));
     },
   };
 }

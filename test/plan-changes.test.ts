@@ -139,6 +139,8 @@ describe('plan changes of a one-node database', () => {
     ]);
     const database = (await alice.api.get(`/databases/${shop.id}`)).body;
     expect(database).toMatchObject({ plan: 'starter-2048', status: 'running', url: shop.database.url });
+    const instance = (await agentCaller(() => ({ url: runtime.agentUrl }), runtime.agentSecret)('GET', `/v1/instances/${shop.id}`)).body;
+    expect(Number(new URL(database.url).port)).toBe(instance.gatewayPort);
     expect(await serverSettings()).toEqual(planSettings('starter-2048'));
     expect(await userTables()).toEqual(rowsBefore);
     await runtime.drainEvents();

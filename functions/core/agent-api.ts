@@ -72,7 +72,10 @@ export const Instance = z.object({
   engine: EngineName,
   version: z.string(),
   host: z.string(),
+  /** The server's own port. */
   port: z.number().int(),
+  /** The stable endpoint clients use (the agent's gateway, on `host`); the server port may change. */
+  gatewayPort: z.number().int(),
   status: InstanceStatus,
   /** Why the instance is `failed`, when it is. */
   reason: z.string().optional(),

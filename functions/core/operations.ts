@@ -80,7 +80,7 @@ export async function resizeInstance(deps: Pick<StepDeps, 'store' | 'agent'>, in
   await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, ChangePlanInput.parse(operation.input).toPlan));
 }
 
-/** The server reads back every setting of the target plan, on the port the database's URL names. */
+/** The server reads back every setting of the target plan, and the database's URL still reaches it. */
 export async function verifyPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
   const expected = postgresSettings(findPlan(ChangePlanInput.parse(operation.input).toPlan)!);
@@ -88,7 +88,10 @@ export async function verifyPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input:
   const wrong = Object.entries(expected)
     .filter(([name, value]) => !sameSetting(usage.settings[name] ?? '', value))
     .map(([name, value]) => `${name} is ${usage.settings[name] ?? 'unset'}, not ${value}`);
-  if (instance && database.endpoint && instance.port !== database.endpoint.port) wrong.push(`the server moved to port ${instance.port}`);
+  // A database provisioned before the gateway existed still names its server's port directly.
+  if (instance && database.endpoint && ![instance.gatewayPort, instance.port].includes(database.endpoint.port)) {
+    wrong.push(`the database's port ${database.endpoint.port} is neither its gateway's (${instance.gatewayPort}) nor its server's (${instance.port})`);
+  }
   if (wrong.length > 0) throw new PlanNotApplied(wrong.join('; '));
 }
 
@@ -251,7 +254,8 @@ export async function completeOperation(deps: StepDeps, input: StepInput): Promi
   const newServer = async (): Promise<FinishChanges> => {
     const instance = await deps.agent.getInstance(database.id);
     if (!instance) throw new InstanceFailed('the server is gone from its host');
-    return { status: 'running', endpoint: { host: instance.host, port: instance.port } };
+    // Clients reach the database through its gateway, whatever port the server itself listens on.
+    return { status: 'running', endpoint: { host: instance.host, port: instance.gatewayPort } };
   };
   const changes: Record<Operation['kind'], () => Promise<FinishChanges>> = {
     provision: newServer,

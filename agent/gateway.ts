@@ -1,0 +1,115 @@
+import { connect, createServer, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+/** Where the gateway sends new connections: the database's primary server. */
+export interface GatewayTarget {
+  host: string;
+  port: number;
+}
+
+export interface GatewayOptions {
+  /** The stable port clients connect to. */
+  port: number;
+  /** The primary now, or undefined while there is none (stopped, restarting, being swapped); read for every new connection. */
+  target: () => GatewayTarget | undefined;
+  /** How long a new connection waits for a target that is missing or refuses, before it is closed. Default: 5 s. */
+  waitMs?: number;
+}
+
+export interface Gateway {
+  readonly port: number;
+  /** Stops listening and destroys every live connection (and those still waiting). */
+  close(): Promise<void>;
+}
+
+const host = '127.0.0.1';
+const retryEveryMs = 100;
+
+/**
+ * A database's stable endpoint: a TCP proxy that pipes each client connection to the current target,
+ * byte for byte (whatever the protocol, TLS included). A connection that finds no target, or one that
+ * refuses, waits briefly for it (a restart on new settings, a restore swap), then is closed.
+ */
+export async function createGateway({ port, target, waitMs = 5_000 }: GatewayOptions): Promise<Gateway> {
+  const live = new Set<Socket>();
+  let closed = false;
+
+  const track = (socket: Socket) => {
+    live.add(socket);
+    socket.once('close', () => live.delete(socket));
+  };
+
+  async function relay(client: Socket): Promise<void> {
+    track(client);
+    // A client that leaves or fails takes its upstream with it (see below); errors are only that.
+    client.on('error', () => client.destroy());
+    // Unread, the client's first bytes (a startup or SSL request) wait in the socket until the upstream is there.
+    const upstream = await reachTarget(client);
+    if (!upstream) {
+      client.destroy();
+      return;
+    }
+    track(upstream);
+    upstream.on('error', () => upstream.destroy());
+    // Either side gone for good ends the pair; a half-close (FIN) passes through the pipes.
+    client.once('close', () => upstream.destroy());
+    upstream.once('close', () => client.destroy());
+    if (client.destroyed) upstream.destroy();
+    client.pipe(upstream);
+    upstream.pipe(client);
+  }
+
+  async function reachTarget(client: Socket): Promise<Socket | undefined> {
+    const deadline = Date.now() + waitMs;
+    while (!closed && !client.destroyed) {
+      const current = target();
+      const upstream = current && await attempt(current, deadline - Date.now());
+      if (upstream) {
+        if (!closed && !client.destroyed) return upstream;
+        upstream.destroy();
+        return undefined;
+      }
+      if (Date.now() + retryEveryMs > deadline) return undefined;
+      await sleep(retryEveryMs);
+    }
+    return undefined;
+  }
+
+  const server = createServer({ allowHalfOpen: true }, (client) => void relay(client));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+
+  return {
+    port,
+    async close() {
+      closed = true;
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const socket of live) socket.destroy();
+      await stopped;
+    },
+  };
+}
+
+/** One connection attempt; undefined when refused or not connected within `timeoutMs`. */
+function attempt({ host, port }: GatewayTarget, timeoutMs: number): Promise<Socket | undefined> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port, allowHalfOpen: true });
+    const fail = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(undefined);
+    };
+    const timer = setTimeout(fail, Math.max(timeoutMs, 1));
+    socket.once('error', fail);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', fail);
+      resolve(socket);
+    });
+  });
+}
