@@ -168,16 +168,21 @@ export function spawnPostmaster(install: PostgresInstall, paths: ServerPaths, ru
  * serving this very data directory: a reused pid is someone else's process.
  */
 export async function stopStalePostmaster(dataDir: string): Promise<void> {
-  const pid = Number((await readFile(join(dataDir, 'postmaster.pid'), 'utf8').catch(() => '')).split('\n')[0]);
+  const lockFile = join(dataDir, 'postmaster.pid');
+  const pid = Number((await readFile(lockFile, 'utf8').catch(() => '')).split('\n')[0]);
   if (!Number.isInteger(pid) || pid <= 0) return;
   const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-  if (!argv[0]?.endsWith('/postgres') || !argv.includes(dataDir)) return;
-  process.kill(pid, 'SIGINT');
-  const deadline = Date.now() + 30_000;
-  while (await isAlive(pid)) {
-    if (Date.now() > deadline) process.kill(pid, 'SIGKILL');
-    await sleep(100);
+  if (argv[0]?.endsWith('/postgres') && argv.includes(dataDir)) {
+    process.kill(pid, 'SIGINT');
+    const deadline = Date.now() + 30_000;
+    while (await isAlive(pid)) {
+      if (Date.now() > deadline) process.kill(pid, 'SIGKILL');
+      await sleep(100);
+    }
   }
+  // What is left is the lock of a dead postmaster. PostgreSQL itself would still refuse it while that pid
+  // answers kill(0): a zombie nobody reaps (its agent was killed with it) or a reused pid.
+  if (!(await isAlive(pid)) || !argv.includes(dataDir)) await rm(lockFile, { force: true });
 }
 
 /** A zombie (exited, not yet reaped by its new parent) counts as gone. */
