@@ -69,8 +69,10 @@ export async function createGateway({ port, target, waitMs = 5_000 }: GatewayOpt
         upstream.destroy();
         return undefined;
       }
-      if (Date.now() + retryEveryMs > deadline) return undefined;
-      await sleep(retryEveryMs);
+      // The whole wait is used: a target back just before the deadline still gets this connection.
+      const left = deadline - Date.now();
+      if (left <= 0) return undefined;
+      await sleep(Math.min(retryEveryMs, left));
     }
     return undefined;
   }

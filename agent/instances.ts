@@ -1,11 +1,12 @@
+import { randomBytes } from 'node:crypto';
 import { access, chmod, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { z } from 'zod';
-import { EnsureInstance, InstanceId, type Instance, type WrappedKey } from '#core/agent-api.ts';
-import { BadRequest, Conflict, Unprocessable, type FieldIssue } from '#core/errors.ts';
+import { EnsureInstance, InstanceId, type Instance, type InstanceNode, type WrappedKey } from '#core/agent-api.ts';
+import { BadRequest, Conflict, NotFound, Unprocessable, type FieldIssue } from '#core/errors.ts';
 import type { HostedInstance, InstanceAccess } from './backups/service.ts';
 import { InjectedFault, type Faults } from './faults.ts';
 import { createGateway, type Gateway } from './gateway.ts';
@@ -15,13 +16,18 @@ import {
   adminRole, initCluster, makePrivateDir, settingsProblems, spawnPostmaster, stopStalePostmaster, writeServerConfig,
   type RunAs, type ServerPaths,
 } from './postgres.ts';
+import { copyPrimary, dropReplication, prepareReplication, replicaLag, standbySettings, writeStandbySignal } from './replica.ts';
 import { supervise, type Supervisor } from './supervisor.ts';
 
 /**
  * What `<dataDir>/instances/<id>/state.json` holds: enough to bring the instance back after a restart.
  * `port` is the server's; `gatewayPort` the stable endpoint clients use (absent in a state.json older than the gateway).
  */
-const SavedInstance = z.object({ id: InstanceId, port: z.number().int(), gatewayPort: z.number().int().optional(), spec: EnsureInstance });
+const SavedInstance = z.object({
+  id: InstanceId, port: z.number().int(), gatewayPort: z.number().int().optional(), spec: EnsureInstance,
+  /** Its streaming replica: the replica server's port and the replication role's password (see replica.ts). */
+  replica: z.object({ port: z.number().int(), password: z.string().min(16) }).optional(),
+});
 type StoredInstance = z.infer<typeof SavedInstance> & { gatewayPort: number };
 
 interface Managed {
@@ -29,11 +35,18 @@ interface Managed {
   supervisor: Supervisor;
   /** Absent only when it could not listen after an agent restart (logged); clients then cannot reach the server. */
   gateway?: Gateway;
+  /** The replica's server, once its data is copied (stored.replica says which port it owns). */
+  replica?: Supervisor;
 }
 
 export interface InstanceManager extends InstanceAccess {
   ensure(id: string, spec: EnsureInstance): Promise<Instance>;
-  get(id: string): Instance | undefined;
+  /** With `nodes`: the primary and its replica, with the replica's lag read on the primary. */
+  get(id: string): Promise<Instance | undefined>;
+  /** Ensures a streaming replica of the instance on this host (idempotent); does not wait for it to catch up. */
+  ensureReplica(id: string): Promise<Instance>;
+  /** Stops the replica, drops its slot on the primary and removes its files; absent is fine. */
+  removeReplica(id: string): Promise<void>;
   remove(id: string): Promise<void>;
   /** Prepares the data folder and brings back every instance found in it. */
   resumeAll(): Promise<void>;
@@ -64,6 +77,12 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   const serverPaths = ({ id, port }: StoredInstance): ServerPaths => ({
     data: join(instanceDir(id), 'data'),
     log: join(instanceDir(id), 'log'),
+    socket: join(socketsDir, String(port)),
+  });
+
+  const replicaPaths = ({ id }: StoredInstance, port: number): ServerPaths => ({
+    data: join(instanceDir(id), 'replica', 'data'),
+    log: join(instanceDir(id), 'replica', 'log'),
     socket: join(socketsDir, String(port)),
   });
 
@@ -105,6 +124,34 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     return managed;
   }
 
+  /** The replica runs like the primary (restarted on a crash), as a hot standby streaming from it; it is never provisioned. */
+  function superviseReplica(managed: Managed): Supervisor {
+    const install = () => installs.find((i) => i.version === managed.stored.spec.version);
+    const replica = () => {
+      if (!managed.stored.replica) throw new Error(`instance ${managed.stored.id} has no replica`);
+      return { ...managed.stored.replica, paths: replicaPaths(managed.stored, managed.stored.replica.port) };
+    };
+    return supervise(`${managed.stored.id} replica`, {
+      async prepare() {
+        const binaries = install();
+        if (!binaries) throw new Error(`PostgreSQL ${managed.stored.spec.version} is not installed on this host`);
+        const { port, password, paths } = replica();
+        if (!(await exists(join(paths.data, 'PG_VERSION')))) throw new Error('the replica has no data; ensure it again');
+        await makePrivateDir(paths.log, runAs);
+        await makePrivateDir(paths.socket, runAs);
+        await stopStalePostmaster(paths.data);
+        await writeServerConfig(paths, port, managed.stored.spec.settings, runAs, standbySettings(managed.stored.port, password));
+        await writeStandbySignal(paths.data, runAs);
+      },
+      spawn: () => spawnPostmaster(install()!, replica().paths, runAs),
+      async becomeReady(current) {
+        const { port, paths } = replica();
+        const client = await connectWhenReady(paths.socket, port, current);
+        await client.end().catch(() => undefined);
+      },
+    });
+  }
+
   /** The gateway sends new connections to the server only once it runs (and is provisioned); meanwhile they wait. */
   function openGateway(managed: Managed): Promise<Gateway> {
     return createGateway({
@@ -117,17 +164,47 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   async function release(managed: Managed): Promise<void> {
     instances.delete(managed.stored.id);
     await managed.gateway?.close();
+    await managed.replica?.stop();
     await managed.supervisor.stop();
   }
 
   /** Every port an instance owns (server and gateway), so a new one is never handed out twice. */
-  const takenPorts = (extra: number[] = []) => new Set([...[...instances.values()].flatMap((m) => [m.stored.port, m.stored.gatewayPort]), ...extra]);
+  const takenPorts = (extra: number[] = []) => new Set([
+    ...[...instances.values()].flatMap((m) => [m.stored.port, m.stored.gatewayPort, ...(m.stored.replica ? [m.stored.replica.port] : [])]),
+    ...extra,
+  ]);
 
   function view({ stored, supervisor }: Managed): Instance {
     return {
       id: stored.id, engine: stored.spec.engine, version: stored.spec.version, host, port: stored.port, gatewayPort: stored.gatewayPort,
       ...supervisor.state(),
     };
+  }
+
+  /** The view with its nodes; the lag is left out when the primary cannot say (not running, replica not streaming). */
+  async function viewWithNodes(managed: Managed): Promise<Instance> {
+    const { stored, supervisor, replica } = managed;
+    const nodes: InstanceNode[] = [{ role: 'primary', port: stored.port, status: supervisor.state().status }];
+    if (stored.replica) {
+      const status = replica?.state().status ?? 'stopped';
+      let lagBytes: number | undefined;
+      if (supervisor.state().status === 'running') {
+        const { socket } = serverPaths(stored);
+        const client = new pg.Client({ host: socket, port: stored.port, user: adminRole, database: 'postgres', connectionTimeoutMillis: 2_000 });
+        client.on('error', () => undefined);
+        lagBytes = await client.connect().then(() => replicaLag(client)).catch(() => undefined);
+        await client.end().catch(() => undefined);
+      }
+      nodes.push({ role: 'replica', port: stored.replica.port, status, ...(lagBytes === undefined ? {} : { lagBytes }) });
+    }
+    return { ...view(managed), nodes };
+  }
+
+  /** The primary, running: a replica is copied from it and its slot lives there. */
+  async function runningPrimary(managed: Managed): Promise<pg.Client> {
+    const state = await settled(managed, 60_000);
+    if (state.status !== 'running') throw new Conflict(`instance ${managed.stored.id} is not running (${state.status}); its replica cannot be changed now`);
+    return connectWhenReady(serverPaths(managed.stored).socket, managed.stored.port, () => managed.supervisor.state().status === 'running');
   }
 
   async function create(id: string, spec: EnsureInstance): Promise<Managed> {
@@ -164,6 +241,8 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     if (keyChanged && !settingsChanged) await serverSettings?.(managed.stored.id, spec.dataKey);
     if (settingsChanged) {
       log('info', 'settings changed; restarting', { instance: managed.stored.id });
+      // The replica restarts too, with the same settings (a hot standby refuses some below the primary's); not rolling yet.
+      await managed.replica?.stop();
       await managed.supervisor.stop();
     } else if (accessChanged) {
       managed.supervisor.reprovision();
@@ -210,13 +289,69 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       const managed = existing ?? await create(id, spec);
       // Starts a new or restarted server; retries a failed one; leaves a running one alone.
       managed.supervisor.start();
+      managed.replica?.start();
       return view(managed);
     }),
 
-    get: (id) => {
+    get: async (id) => {
       const managed = instances.get(id);
-      return managed && view(managed);
+      return managed && viewWithNodes(managed);
     },
+
+    ensureReplica: (id) => serialized(id, async () => {
+      const managed = instances.get(id);
+      if (!managed) throw new NotFound(`no instance ${id} on this host`);
+      if (managed.replica) {
+        // Retries a failed replica; leaves a running one alone.
+        managed.replica.start();
+        return viewWithNodes(managed);
+      }
+      // Saved before anything is made, so a retry after a crash midway reuses the port and password.
+      if (!managed.stored.replica) {
+        const port = await allocatePort(takenPorts());
+        managed.stored = { ...managed.stored, replica: { port, password: randomBytes(24).toString('base64url') } };
+        await saveState(managed.stored);
+      }
+      const { data } = replicaPaths(managed.stored, managed.stored.replica!.port);
+      const copy = `${data}.copy`;
+      const client = await runningPrimary(managed);
+      try {
+        await prepareReplication(client, serverPaths(managed.stored).data, managed.stored.replica!.password);
+        await rm(copy, { recursive: true, force: true });
+        await makePrivateDir(join(instanceDir(id), 'replica'), runAs);
+        await makePrivateDir(copy, runAs);
+        await copyPrimary(client, Number(managed.stored.spec.version.split('.')[0]), serverPaths(managed.stored).data, copy, runAs);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+      await stopStalePostmaster(data);
+      await rm(data, { recursive: true, force: true });
+      await rename(copy, data);
+      managed.replica = superviseReplica(managed);
+      managed.replica.start();
+      log('info', 'replica created', { instance: id, port: managed.stored.replica!.port });
+      return viewWithNodes(managed);
+    }),
+
+    removeReplica: (id) => serialized(id, async () => {
+      const managed = instances.get(id);
+      if (!managed?.stored.replica) return;
+      const { port } = managed.stored.replica;
+      await managed.replica?.stop();
+      const client = await runningPrimary(managed);
+      try {
+        await dropReplication(client);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+      const { replica: _gone, ...rest } = managed.stored;
+      managed.stored = rest;
+      managed.replica = undefined;
+      await saveState(managed.stored);
+      await rm(join(instanceDir(id), 'replica'), { recursive: true, force: true });
+      await rm(join(socketsDir, String(port)), { recursive: true, force: true });
+      log('info', 'replica removed', { instance: id });
+    }),
 
     remove: (id) => serialized(id, async () => {
       const fault = faults.take('deleteInstance', id);
@@ -225,6 +360,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       if (managed) {
         await release(managed);
         await rm(serverPaths(managed.stored).socket, { recursive: true, force: true });
+        if (managed.stored.replica) await rm(join(socketsDir, String(managed.stored.replica.port)), { recursive: true, force: true });
       }
       await rm(instanceDir(id), { recursive: true, force: true });
       log('info', 'instance deleted', { instance: id });
@@ -244,7 +380,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         if (stored && stored.id === id) saved.push(stored);
       }
       // Every port already owned is known before an instance from an older agent gets its gateway port.
-      const owned = saved.flatMap((s) => (s.gatewayPort === undefined ? [s.port] : [s.port, s.gatewayPort]));
+      const owned = saved.flatMap((s) => [s.port, ...(s.gatewayPort === undefined ? [] : [s.gatewayPort]), ...(s.replica ? [s.replica.port] : [])]);
       for (const { gatewayPort, ...rest } of saved) {
         const stored = { ...rest, gatewayPort: gatewayPort ?? await allocatePort(new Set(owned)) };
         if (gatewayPort === undefined) {
@@ -260,6 +396,10 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         });
         instances.set(stored.id, managed);
         managed.supervisor.start();
+        if (stored.replica && await exists(join(replicaPaths(stored, stored.replica.port).data, 'PG_VERSION'))) {
+          managed.replica = superviseReplica(managed);
+          managed.replica.start();
+        }
       }
     },
 
@@ -313,6 +453,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     async stopAll() {
       await Promise.all([...instances.values()].map(async (m) => {
         await m.gateway?.close();
+        await m.replica?.stop();
         await m.supervisor.stop();
       }));
     },

@@ -60,7 +60,7 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
       path: /^\/v1\/instances\/(?<id>[^/]+)$/,
       methods: {
         GET: async ({ id }) => {
-          const instance = instances.get(parse(InstanceId, id, '/id'));
+          const instance = await instances.get(parse(InstanceId, id, '/id'));
           if (!instance) throw new NotFound(`no instance ${id} on this host`);
           return { status: 200, body: instance };
         },
@@ -70,6 +70,16 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
         }),
         DELETE: async ({ id }) => {
           await instances.remove(parse(InstanceId, id, '/id'));
+          return { status: 204 };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/replica$/,
+      methods: {
+        PUT: async ({ id }) => ({ status: 200, body: await instances.ensureReplica(parse(InstanceId, id, '/id')) }),
+        DELETE: async ({ id }) => {
+          await instances.removeReplica(parse(InstanceId, id, '/id'));
           return { status: 204 };
         },
       },

@@ -135,7 +135,8 @@ describe('plan changes of a one-node database', () => {
     expect(operation.kind).toBe('change_plan');
     expect(operation.input).toEqual({ fromPlan: 'starter-512', toPlan: 'starter-2048' });
     expect(operation.steps.map((s: { name: string; status: string }) => [s.name, s.status])).toEqual([
-      ['precheck plan', 'succeeded'], ['resize server', 'succeeded'], ['wait until healthy', 'succeeded'], ['verify plan', 'succeeded'],
+      ['precheck plan', 'succeeded'], ['remove replica', 'succeeded'], ['resize server', 'succeeded'], ['wait until healthy', 'succeeded'],
+      ['add replica', 'succeeded'], ['wait until the replica caught up', 'succeeded'], ['verify plan', 'succeeded'],
     ]);
     const database = (await alice.api.get(`/databases/${shop.id}`)).body;
     expect(database).toMatchObject({ plan: 'starter-2048', status: 'running', url: shop.database.url });
@@ -210,5 +211,30 @@ describe('plan changes of a one-node database', () => {
     expect(unknown.stderr).toContain('starter-2048');
     expect((await alice.api.get(`/databases/${shop.id}`)).body.plan).toBe('starter-512');
     expect(await serverSettings()).toEqual(planSettings('starter-512'));
+  });
+
+  it('changes starter-512 → business-1024 with a caught-up streaming replica, and back to starter-512 without it; same URL, rows intact', async () => {
+    const up = await changePlan(alice.api, 'business-1024');
+    const business = (await alice.api.get(`/databases/${shop.id}`)).body;
+    const replica = business.nodes?.find((n: { role: string }) => n.role === 'replica');
+    const onReplica = replica && await withConnection(shop.database.url.replace(/:\d+\//, `:${replica.port}/`), shop.password, async (client) => ({
+      rows: (await client.query<{ rows: number }>('SELECT (SELECT count(*)::int FROM items) + (SELECT count(*)::int FROM customers) AS rows')).rows[0].rows,
+      inRecovery: (await client.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')).rows[0].r,
+    }));
+    const down = await changePlan(alice.api, 'starter-512');
+    const starter = (await alice.api.get(`/databases/${shop.id}`)).body;
+
+    expect(up.status, up.error).toBe('succeeded');
+    expect(up.steps.map((s: { name: string }) => s.name)).toContain('wait until the replica caught up');
+    expect(business).toMatchObject({ plan: 'business-1024', status: 'running', url: shop.database.url });
+    expect(business.nodes).toEqual([
+      { role: 'primary', port: expect.any(Number), status: 'running' },
+      { role: 'replica', port: expect.any(Number), status: 'running', lagBytes: expect.any(Number) },
+    ]);
+    expect(onReplica).toEqual({ rows: rowsBefore.rows, inRecovery: true });
+    expect(down.status, down.error).toBe('succeeded');
+    expect(starter).toMatchObject({ plan: 'starter-512', status: 'running', url: shop.database.url });
+    expect(starter.nodes).toEqual([{ role: 'primary', port: expect.any(Number), status: 'running' }]);
+    expect(await userTables()).toEqual(rowsBefore);
   });
 });

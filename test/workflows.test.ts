@@ -89,7 +89,7 @@ describe('running locally through the Step Functions endpoint', () => {
         const count = calls.filter((c) => c.step === step).length;
         return script[step] ? script[step](payload, count) : {};
       },
-      overrides: { waitTimeOverrides: { [stateNames.waitForInstance]: 0, [stateNames.waitForBackup]: 0, [stateNames.waitForRestore]: 0 }, retryIntervalOverrides: 0 },
+      overrides: { waitTimeOverrides: { [stateNames.waitForInstance]: 0, [stateNames.waitForBackup]: 0, [stateNames.waitForRestore]: 0, [stateNames.waitForReplica]: 0 }, retryIntervalOverrides: 0 },
     });
     endpoint = await startAwsEndpoint({ targets: local.targets });
     sfn = new SFNClient({ endpoint: endpoint.url, region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } });
@@ -278,13 +278,28 @@ describe('running locally through the Step Functions endpoint', () => {
     expect(calls.at(-1)!.payload.error.Error).toBe('AgentRefused');
   });
 
-  it('changes plan: precheck, resize, polls health, verifies, then completes', async () => {
+  it('changes plan: precheck, replica removed if need be, resize, polls health, replica added and polled until caught up, verifies, completes', async () => {
     script.CheckInstance = (payload, call) => ({ ready: call >= 2, attempts: (payload.health?.attempts ?? 0) + 1 });
+    script.CheckReplica = (payload, call) => ({ ready: call >= 2, attempts: (payload.replicaProgress?.attempts ?? 0) + 1 });
 
     const execution = await finished(await start('ChangePlan', 'op-plan'));
 
     expect(execution.status).toBe('SUCCEEDED');
-    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'ResizeInstance', 'CheckInstance', 'CheckInstance', 'VerifyPlan', 'CompleteOperation']);
+    expect(sequence()).toEqual([
+      'BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'CheckInstance', 'CheckInstance',
+      'AddReplica', 'CheckReplica', 'CheckReplica', 'VerifyPlan', 'CompleteOperation',
+    ]);
+  });
+
+  it('changes plan: a replica that does not catch up in time is reverted, then FailOperation with ReplicaNotCaughtUp', async () => {
+    script.CheckInstance = () => ({ ready: true, attempts: 1 });
+    script.CheckReplica = () => ({ ready: false, attempts: polls.replica.maxChecks });
+
+    const execution = await finished(await start('ChangePlan', 'op-plan-lags'));
+
+    expect(execution.status).toBe('FAILED');
+    expect(sequence().slice(-4)).toEqual(['AddReplica', 'CheckReplica', 'RevertPlan', 'FailOperation']);
+    expect(calls.at(-1)!.payload.error.Error).toBe('ReplicaNotCaughtUp');
   });
 
   it('changes plan: a server that fails after the resize is reverted, then FailOperation with the original error', async () => {
@@ -295,7 +310,7 @@ describe('running locally through the Step Functions endpoint', () => {
     const execution = await finished(await start('ChangePlan', 'op-plan-fails'));
 
     expect(execution.status).toBe('FAILED');
-    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'ResizeInstance', 'CheckInstance', 'RevertPlan', 'FailOperation']);
+    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'CheckInstance', 'RevertPlan', 'FailOperation']);
     const failed = calls.at(-1)!.payload;
     expect(failed.error.Error).toBe('InstanceFailed');
     expect(failed.cleanupError).toBeUndefined();
@@ -307,6 +322,7 @@ describe('running locally through the Step Functions endpoint', () => {
       throw Object.assign(new Error('max_connections is 50, not 150'), { name: 'PlanNotApplied' });
     };
     script.CheckInstance = () => ({ ready: true, attempts: 1 });
+    script.CheckReplica = () => ({ ready: true, attempts: 1 });
 
     const execution = await finished(await start('ChangePlan', 'op-plan-verify-fails'));
 
@@ -326,7 +342,7 @@ describe('running locally through the Step Functions endpoint', () => {
     const execution = await finished(await start('ChangePlan', 'op-plan-revert-fails'));
 
     expect(execution.status).toBe('FAILED');
-    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'ResizeInstance', 'RevertPlan', 'FailOperation']);
+    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'RevertPlan', 'FailOperation']);
     const failed = calls.at(-1)!.payload;
     expect(failed.error.Error).toBe('AgentRefused');
     expect(failed.cleanupError.Error).toBe('InstanceFailed');

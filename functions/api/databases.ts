@@ -1,7 +1,7 @@
-import { createDatabase, deleteDatabase, findDatabase } from '#core/databases.ts';
+import { createDatabase, databaseNodes, deleteDatabase, findDatabase } from '#core/databases.ts';
 import { apiHandler, json } from '#core/http.ts';
 import { databaseView } from '#core/model.ts';
-import { apiDeps } from './deps.ts';
+import { apiDeps, backupDeps } from './deps.ts';
 import { CreateDatabaseBody, DeleteDatabaseQuery, IdParams } from './schemas.ts';
 
 export const create = apiHandler({ access: 'account', body: CreateDatabaseBody, idempotent: true }, async ({ caller, body }) => {
@@ -15,7 +15,9 @@ export const list = apiHandler({ access: 'account' }, async ({ caller, store }) 
 });
 
 export const get = apiHandler({ access: 'account', params: IdParams }, async ({ caller, params, store }) => {
-  return json(200, databaseView(await findDatabase(store, caller, params.id)));
+  const database = await findDatabase(store, caller, params.id);
+  const nodes = await databaseNodes((await backupDeps()).agent, database);
+  return json(200, { ...databaseView(database), ...(nodes ? { nodes } : {}) });
 });
 
 export const remove = apiHandler({ access: 'account', params: IdParams, query: DeleteDatabaseQuery, idempotent: true }, async ({ caller, params, query }) => {

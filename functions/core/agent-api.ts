@@ -11,6 +11,11 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   PUT    /v1/instances/{id}       EnsureInstance → Instance   (creates or converges; never waits for health)
  *   GET    /v1/instances/{id}       → Instance | 404
  *   DELETE /v1/instances/{id}       → 204 (stops the server and removes its data; absent is fine)
+ *   PUT    /v1/instances/{id}/replica → Instance (ensures a streaming replica of the instance on this host: a second
+ *          server of the same version, copied from the primary with the low-level backup API, streaming from it
+ *          over 127.0.0.1 as the role dbplane_replication through the physical slot dbplane_replica; supervised
+ *          like the primary, on its own port; idempotent; never waits for it to catch up: poll `nodes[].lagBytes`)
+ *   DELETE /v1/instances/{id}/replica → 204 (stops the replica, drops its slot, removes its files; absent is fine)
  *   GET    /v1/instances/{id}/usage → InstanceUsage (what a plan change checks: size of the data directory,
  *          client connections from pg_stat_activity, and the live values of the settings the spec manages)
  *   PUT    /v1/faults               Fault → 204 (only when the agent runs with fault injection enabled)
@@ -67,6 +72,18 @@ export type EnsureInstance = z.infer<typeof EnsureInstance>;
 
 export const InstanceStatus = z.enum(['starting', 'running', 'stopped', 'failed']);
 
+export const InstanceNode = z.object({
+  role: z.enum(['primary', 'replica']),
+  port: z.number().int(),
+  status: InstanceStatus,
+  /**
+   * Replica only: bytes of WAL the primary has written that the replica has not replayed yet
+   * (pg_stat_replication on the primary); absent while the replica is not streaming.
+   */
+  lagBytes: z.number().int().min(0).optional(),
+});
+export type InstanceNode = z.infer<typeof InstanceNode>;
+
 export const Instance = z.object({
   id: InstanceId,
   engine: EngineName,
@@ -79,6 +96,8 @@ export const Instance = z.object({
   status: InstanceStatus,
   /** Why the instance is `failed`, when it is. */
   reason: z.string().optional(),
+  /** Its servers: the primary (the gateway's target) and, when it has one, its streaming replica. */
+  nodes: z.array(InstanceNode).optional(),
 });
 export type Instance = z.infer<typeof Instance>;
 

@@ -26,6 +26,16 @@ export class AgentClient {
     await this.call('DELETE', `/v1/instances/${id}`, undefined);
   }
 
+  /** Ensures the instance's streaming replica on its host (idempotent); it catches up afterwards (`nodes[].lagBytes`). */
+  ensureReplica(id: string): Promise<Instance> {
+    return this.call('PUT', `/v1/instances/${id}/replica`, Instance);
+  }
+
+  /** Stops and removes the instance's replica and its slot; absent is fine. */
+  async deleteReplica(id: string): Promise<void> {
+    await this.call('DELETE', `/v1/instances/${id}/replica`, undefined);
+  }
+
   /** Disk, connections and live settings of a running server (409 when it is not running). */
   usage(id: string): Promise<InstanceUsage> {
     return this.call('GET', `/v1/instances/${id}/usage`, InstanceUsage);

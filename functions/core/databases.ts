@@ -1,6 +1,8 @@
 import { type OfferedVersion, offeredVersions, resolveVersion } from './catalog.ts';
 import type { WorkflowName } from './config.ts';
-import { NotFound, Unprocessable } from './errors.ts';
+import type { InstanceNode } from './agent-api.ts';
+import type { AgentClient } from './agent-client.ts';
+import { AgentRefused, AgentUnavailable, NotFound, Unprocessable } from './errors.ts';
 import type { EventPublisher } from './events.ts';
 import { newId } from './ids.ts';
 import type { Caller, Database, DatabaseStatus, Operation, OperationKind } from './model.ts';
@@ -16,6 +18,20 @@ export interface Deps {
   workflows: Workflows;
   events: EventPublisher;
   now?: () => Date;
+}
+
+/**
+ * Its servers as its host reports them, for a database that has some (one with an endpoint); undefined
+ * when the host does not answer: the database's record is shown without them rather than not at all.
+ */
+export async function databaseNodes(agent: Pick<AgentClient, 'getInstance'>, database: Database): Promise<InstanceNode[] | undefined> {
+  if (!database.endpoint || database.status === 'deleted') return undefined;
+  try {
+    return (await agent.getInstance(database.id))?.nodes;
+  } catch (error) {
+    if (error instanceof AgentUnavailable || error instanceof AgentRefused) return undefined;
+    throw error;
+  }
 }
 
 /** A database of the caller's by id or name; anything else, including another account's, is a 404. */

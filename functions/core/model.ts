@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { InstanceNode } from './agent-api.ts';
 import { EngineName } from './catalog.ts';
 
 /** The records dbplane keeps, as the API shows them. Types are inferred from these schemas. */
@@ -43,7 +44,11 @@ export const Database = z.object({
 export type Database = z.infer<typeof Database>;
 
 /** What the API shows of a database: no secrets; `url` (without the password) once it has an endpoint. */
-export const DatabaseView = Database.omit({ passwordVerifier: true, rev: true, lastScheduledBackup: true }).extend({ url: z.string().optional() });
+export const DatabaseView = Database.omit({ passwordVerifier: true, rev: true, lastScheduledBackup: true }).extend({
+  url: z.string().optional(),
+  /** Its servers as the host reports them now (GET /databases/{id} only): primary, and replica with its lag on 2-node plans. */
+  nodes: z.array(InstanceNode).optional(),
+});
 export type DatabaseView = z.infer<typeof DatabaseView>;
 
 export function databaseView({ passwordVerifier: _verifier, rev: _rev, lastScheduledBackup: _last, ...database }: Database): DatabaseView {

@@ -95,17 +95,52 @@ export async function verifyPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input:
   if (wrong.length > 0) throw new PlanNotApplied(wrong.join('; '));
 }
 
+/** The plan's node count: 2 means a streaming replica beside the primary. */
+const nodesOf = (planId: string) => findPlan(planId)?.nodes ?? 1;
+
+/** To a 1-node plan: the replica goes before the primary is resized (a no-op when there is none). */
+export async function removeReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  if (nodesOf(ChangePlanInput.parse(operation.input).toPlan) === 1) await deps.agent.deleteReplica(database.id);
+}
+
+/** To a 2-node plan: the agent copies the resized primary into a streaming replica; CheckReplica waits for it. */
+export async function addReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  if (nodesOf(ChangePlanInput.parse(operation.input).toPlan) === 2) await deps.agent.ensureReplica(database.id);
+}
+
+/** Ready once the replica runs and has replayed every byte of WAL the primary wrote (at once on a 1-node plan). */
+export async function checkReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { replicaProgress?: PollResult }): Promise<PollResult> {
+  const attempts = (input.replicaProgress?.attempts ?? 0) + 1;
+  const { operation, database } = await load(deps.store, input);
+  if (nodesOf(ChangePlanInput.parse(operation.input).toPlan) === 1) return { ready: true, attempts };
+  const instance = await deps.agent.getInstance(database.id);
+  const replica = instance?.nodes?.find((n) => n.role === 'replica');
+  if (!replica) throw new InstanceFailed('the replica is gone from its host');
+  if (replica.status === 'failed') throw new InstanceFailed('the replica failed to start');
+  return { ready: replica.status === 'running' && replica.lagBytes === 0, attempts };
+}
+
 /** How long RevertPlan waits for the server to come back on the old settings (within the step's 60 s). */
 const revertHealthMs = 45_000;
 
-/** Puts the previous plan's settings back and waits until the server runs on them; a no-op when they never changed. */
+/**
+ * Puts the previous plan's settings back and waits until the server runs on them, then its node count
+ * (the replica added or removed); a no-op when nothing changed.
+ */
 export async function revertPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
-  await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, ChangePlanInput.parse(operation.input).fromPlan));
+  const { fromPlan } = ChangePlanInput.parse(operation.input);
+  await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, fromPlan));
   const deadline = Date.now() + revertHealthMs;
   for (;;) {
     const { ready } = await checkInstance(deps.agent, input);
-    if (ready) return;
+    if (ready) {
+      if (nodesOf(fromPlan) === 2) await deps.agent.ensureReplica(database.id);
+      else await deps.agent.deleteReplica(database.id);
+      return;
+    }
     if (Date.now() > deadline) throw new InstanceFailed(`the server did not come back on ${database.plan} within ${revertHealthMs / 1000} s`);
     await new Promise((resolve) => setTimeout(resolve, 200));
   }

@@ -7,9 +7,10 @@ import { OperationInProgress, Unprocessable } from './errors.ts';
 import type { Caller, Database, Operation } from './model.ts';
 
 /**
- * Plan changes: the checks, the preview and the request behind the plan API. In this slice every
- * database is one node, on starter and business plans alike: a change reconfigures that node and
- * restarts it with the target plan's settings, on the same port (the URL does not change).
+ * Plan changes: the checks, the preview and the request behind the plan API. A change reconfigures the
+ * primary and restarts it with the target plan's settings, on the same port (the URL does not change);
+ * to a 2-node (business) plan the agent then adds a streaming replica on the same host, and to a 1-node
+ * plan removes it first. Between two business plans both nodes restart together (not rolling yet).
  */
 
 export interface PlanDeps extends Deps {
@@ -45,8 +46,13 @@ export function planChangeSteps(from: Plan, to: Plan): string[] {
   const changed = Object.keys(after).filter((name) => before[name] !== after[name]).map((name) => `${name} ${before[name]} → ${after[name]}`);
   return [
     'check disk and connections against the target plan on the live server',
+    ...(from.nodes > 1 && to.nodes === 1 ? ['remove the replica: stop it, drop its replication slot on the primary'] : []),
     `restart the server with the target plan's settings${changed.length ? ` (${changed.join(', ')})` : ''}; same port, same URL`,
     'wait until the server accepts connections',
+    ...(from.nodes === 1 && to.nodes > 1
+      ? ['add a streaming replica: a copy of the primary (low-level backup API) streaming from it through a replication slot',
+        "wait until the replica has replayed all the primary's WAL (lag 0)"]
+      : []),
     "verify the server's settings are the target plan's",
     `record ${to.id} as the plan (billing event dbplane.database.plan-changed)`,
   ];
@@ -109,7 +115,12 @@ export async function requestPlanChange(deps: PlanDeps, caller: Caller, idOrName
   const to = targetPlan(body.plan, '/body/plan');
   // A busy database is a 409, not a 422; the store checks the lock again, atomically, when the operation starts.
   if (database.activeOperation && database.plan !== to.id) throw new OperationInProgress(database.activeOperation);
-  const problems = await planChangeProblems(deps.agent, database, to);
+  const problems = await planChangeProblems(deps.agent, database, to).catch(async (error: unknown) => {
+    // A concurrent change may have taken the lock since, and be restarting the server under us.
+    const current = await deps.store.getDatabase(database.id);
+    if (current?.activeOperation) throw new OperationInProgress(current.activeOperation);
+    throw error;
+  });
   if (problems.length > 0) {
     throw new Unprocessable(problems.join('; '), { errors: problems.map((detail) => ({ pointer: '/body/plan', detail })) });
   }

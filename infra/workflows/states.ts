@@ -31,6 +31,12 @@ export const stateNames = {
   resizeInstance: 'ResizeInstance',
   verifyPlan: 'VerifyPlan',
   revertPlan: 'RevertPlan',
+  removeReplica: 'RemoveReplica',
+  addReplica: 'AddReplica',
+  waitForReplica: 'WaitForReplica',
+  checkReplica: 'CheckReplica',
+  isReplicaCaughtUp: 'IsReplicaCaughtUp',
+  replicaNotCaughtUp: 'ReplicaNotCaughtUp',
   completeOperation: 'CompleteOperation',
   failOperation: 'FailOperation',
   succeeded: 'Succeeded',
@@ -58,6 +64,9 @@ export const steps = {
   ResizeInstance: 'functions/steps/resize-instance.ts',
   VerifyPlan: 'functions/steps/verify-plan.ts',
   RevertPlan: 'functions/steps/revert-plan.ts',
+  RemoveReplica: 'functions/steps/remove-replica.ts',
+  AddReplica: 'functions/steps/add-replica.ts',
+  CheckReplica: 'functions/steps/check-replica.ts',
   CompleteOperation: 'functions/steps/complete-operation.ts',
   FailOperation: 'functions/steps/fail-operation.ts',
 } as const satisfies Partial<Record<StateName, string>>;
@@ -74,6 +83,8 @@ export const paths = {
   /** CheckBackup's and CheckRestore's results, like `health`. */
   backupProgress: '$.backupProgress',
   restoreProgress: '$.restoreProgress',
+  /** CheckReplica's result, like `health`. */
+  replicaProgress: '$.replicaProgress',
   /** The caught error, `{ Error, Cause }`, which FailOperation reads. */
   error: '$.error',
   /** An error of the cleanup itself (RemoveInstance during Provision's cleanup), kept apart from `$.error`. */
@@ -94,6 +105,8 @@ export const polls = {
   backup: { intervalSeconds: 5, maxChecks: 1440, timeoutError: { Error: 'BackupTimedOut', Cause: 'the backup did not finish within 2 hours' } },
   /** Until a restore has recovered and been verified: up to 2 hours. */
   restore: { intervalSeconds: 5, maxChecks: 1440, timeoutError: { Error: 'RestoreTimedOut', Cause: 'the restore did not finish within 2 hours' } },
+  /** Until a new replica runs and has replayed all the primary's WAL: up to 30 minutes. */
+  replica: { intervalSeconds: 2, maxChecks: 900, timeoutError: { Error: 'ReplicaNotCaughtUp', Cause: 'the replica did not catch up with the primary within 30 minutes' } },
 } as const satisfies Record<string, PollSpec>;
 
 /** Errors retried on every step: Lambda's transient failures and the agent being unreachable. */

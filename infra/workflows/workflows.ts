@@ -268,10 +268,12 @@ export class Workflows extends Construct {
   }
 
   /**
-   * One node: BeginOperation → PrecheckPlan (usage against the live server) → ResizeInstance (restart on
-   * the target plan's settings, same port) → poll CheckInstance → VerifyPlan → CompleteOperation (the plan
-   * of record changes only here). Any failure, or no health after `polls.instance.maxChecks`: RevertPlan
-   * (the previous plan's settings, waited for until healthy) → FailOperation (`rolled_back`) → Failed.
+   * BeginOperation → PrecheckPlan (usage against the live server) → RemoveReplica (only to a 1-node plan)
+   * → ResizeInstance (restart on the target plan's settings, same port) → poll CheckInstance → AddReplica
+   * (only to a 2-node plan) → poll CheckReplica until the replica has replayed all the primary's WAL →
+   * VerifyPlan → CompleteOperation (the plan of record changes only here). Any failure, or no health or
+   * catch-up in time: RevertPlan (the previous plan's settings and node count, waited for until healthy)
+   * → FailOperation (`rolled_back`) → Failed.
    */
   private changePlan(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
@@ -280,9 +282,16 @@ export class Workflows extends Construct {
     revert.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
     const rollback = revert.next(failure);
 
-    const [begin, precheck, resize, verify, complete] = this.sequence(
-      scope, ['BeginOperation', 'PrecheckPlan', 'ResizeInstance', 'VerifyPlan', 'CompleteOperation'], rollback,
+    const [begin, precheck, removeReplica, resize, addReplica, verify, complete] = this.sequence(
+      scope, ['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'AddReplica', 'VerifyPlan', 'CompleteOperation'], rollback,
     );
-    return begin.next(precheck).next(resize).next(this.waitForHealth(scope, verify.next(complete).next(this.succeed(scope)), rollback));
+    const waitForReplica = this.poll(
+      scope,
+      { wait: stateNames.waitForReplica, check: 'CheckReplica', choice: stateNames.isReplicaCaughtUp, timedOut: stateNames.replicaNotCaughtUp },
+      polls.replica,
+      paths.replicaProgress,
+      { onReady: verify.next(complete).next(this.succeed(scope)), onTimeout: rollback, onError: rollback },
+    );
+    return begin.next(precheck).next(removeReplica).next(resize).next(this.waitForHealth(scope, addReplica.next(waitForReplica), rollback));
   }
 }

@@ -1,0 +1,113 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chown, mkdir, readFile, appendFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type pg from 'pg';
+import { quoteSetting, type RunAs } from './postgres.ts';
+
+/** The role a replica streams as, and the physical slot that keeps WAL on the primary until the replica has it. */
+export const replicationRole = 'dbplane_replication';
+export const replicationSlot = 'dbplane_replica';
+const hbaLine = `host replication ${replicationRole} 127.0.0.1/32 scram-sha-256`;
+
+/** What a base backup leaves out (as pg_basebackup does): transient folders' contents, the pid file, the agent's config. */
+const emptiedDirs = ['pg_wal', 'pg_replslot', 'pg_dynshmem', 'pg_notify', 'pg_serial', 'pg_snapshots', 'pg_stat_tmp', 'pg_subtrans'];
+const excluded = [
+  ...emptiedDirs.map((d) => `--exclude=./${d}/*`),
+  '--exclude=./postmaster.pid', '--exclude=./postmaster.opts', '--exclude=./backup_label', '--exclude=./tablespace_map',
+  '--exclude=./dbplane.conf', '--exclude=./recovery.signal', '--exclude=./standby.signal',
+];
+
+/**
+ * On the primary (an admin session): the replication role with `password` (stored as a SCRAM verifier),
+ * its pg_hba line (reloaded), and the slot, reserving WAL from now on, so everything the copy needs stays.
+ */
+export async function prepareReplication(client: pg.Client, primaryData: string, password: string): Promise<void> {
+  const exists = (await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [replicationRole])).rowCount;
+  await client.query(`${exists ? 'ALTER' : 'CREATE'} ROLE ${replicationRole} REPLICATION LOGIN PASSWORD ${client.escapeLiteral(password)}`);
+  const hba = join(primaryData, 'pg_hba.conf');
+  if (!(await readFile(hba, 'utf8')).split('\n').includes(hbaLine)) {
+    await appendFile(hba, `${hbaLine}\n`);
+    await client.query('SELECT pg_reload_conf()');
+  }
+  await client.query(
+    'SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)',
+    [replicationSlot]);
+}
+
+/** Drops the slot once no walsender holds it any more (the replica was just stopped), and the role. */
+export async function dropReplication(client: pg.Client): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const { rows } = await client.query<{ active: boolean }>('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [replicationSlot]);
+    if (rows.length === 0) break;
+    if (!rows[0]!.active) {
+      await client.query('SELECT pg_drop_replication_slot($1)', [replicationSlot]);
+      break;
+    }
+    if (Date.now() > deadline) throw new Error(`the replication slot ${replicationSlot} is still in use`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await client.query(`DROP ROLE IF EXISTS ${replicationRole}`);
+}
+
+/**
+ * Copies the primary's data directory into `into` (which must exist, empty) with the low-level backup
+ * API: pg_backup_start in the admin session, tar | tar of the data directory, pg_backup_stop without
+ * waiting for archiving (the slot keeps the WAL; the replica streams it), then its backup_label.
+ */
+export async function copyPrimary(client: pg.Client, major: number, primaryData: string, into: string, runAs: RunAs | undefined): Promise<void> {
+  await client.query(major >= 15 ? 'SELECT pg_backup_start($1, true)' : 'SELECT pg_start_backup($1, true, false)', ['dbplane replica']);
+  const reader = spawn('tar', ['-c', '-f', '-', '-C', primaryData, ...excluded, '.'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const writer = spawn('tar', ['-x', '-f', '-', '-C', into], { stdio: ['pipe', 'ignore', 'pipe'], ...(runAs ?? {}) });
+  const results = await Promise.allSettled([
+    pipeline(reader.stdout!, writer.stdin!),
+    // 1: a file changed while read, which the WAL replayed from backup start repairs.
+    exitOf(reader, 'tar -c', [0, 1]),
+    exitOf(writer, 'tar -x', [0]),
+  ]);
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) throw failed.reason;
+  const { rows: [stopped] } = await client.query<{ labelfile: string; spcmapfile: string | null }>(major >= 15
+    ? 'SELECT labelfile, spcmapfile FROM pg_backup_stop(false)'
+    : 'SELECT labelfile, spcmapfile FROM pg_stop_backup(false, false)');
+  await writeOwned(join(into, 'backup_label'), stopped!.labelfile, runAs);
+  if (stopped!.spcmapfile) await writeOwned(join(into, 'tablespace_map'), stopped!.spcmapfile, runAs);
+  for (const dir of ['pg_wal/archive_status', 'pg_wal/summaries']) {
+    await mkdir(join(into, dir), { recursive: true, mode: 0o700 });
+    if (runAs) await chown(join(into, dir), runAs.uid, runAs.gid);
+  }
+}
+
+/** The replica's own settings, written after the rest of its config, and the standby.signal that makes it one. */
+export function standbySettings(primaryPort: number, password: string): string[] {
+  const conninfo = `host=127.0.0.1 port=${primaryPort} user=${replicationRole} password=${password} application_name=${replicationSlot}`;
+  return [`primary_conninfo = ${quoteSetting(conninfo)}`, `primary_slot_name = ${quoteSetting(replicationSlot)}`, 'hot_standby = on'];
+}
+
+export function writeStandbySignal(data: string, runAs: RunAs | undefined): Promise<void> {
+  return writeOwned(join(data, 'standby.signal'), '', runAs);
+}
+
+/** Bytes of WAL the primary wrote that the replica has not replayed; undefined while it is not streaming. */
+export async function replicaLag(client: pg.Client): Promise<number | undefined> {
+  const { rows } = await client.query<{ lag: string | null }>(
+    'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag FROM pg_stat_replication WHERE application_name = $1',
+    [replicationSlot]);
+  const lag = rows[0]?.lag;
+  return lag === null || lag === undefined ? undefined : Math.max(0, Number(lag));
+}
+
+async function writeOwned(path: string, content: string, runAs: RunAs | undefined): Promise<void> {
+  await writeFile(path, content, { mode: 0o600 });
+  if (runAs) await chown(path, runAs.uid, runAs.gid);
+}
+
+function exitOf(child: ChildProcess, name: string, okCodes: number[]): Promise<void> {
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr = (stderr + chunk).slice(-500); });
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => (okCodes.includes(code ?? -1) ? resolve() : reject(new Error(`${name} exited with ${code}: ${stderr.trim()}`))));
+  });
+}

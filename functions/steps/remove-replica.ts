@@ -1,0 +1,5 @@
+import { removeReplica } from '#core/operations.ts';
+import { stepHandler } from '#core/steps.ts';
+import { stepDeps } from './deps.ts';
+
+export const handler = stepHandler({ step: 'remove replica' }, async (input) => removeReplica(await stepDeps(), input));

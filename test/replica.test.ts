@@ -1,0 +1,139 @@
+import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
+import { scramVerifier } from '#core/scram.ts';
+import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
+import { agentCaller, eventually } from './helpers/agent.ts';
+
+describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
+  const secret = 'test-secret';
+  const password = 'replica password';
+  const id = 'replicated-db';
+  let dataDir: string;
+  let agent: AgentProcess;
+  let spec: EnsureInstance;
+  const call = agentCaller(() => agent, secret);
+
+  const getInstance = async () => Instance.parse((await call('GET', `/v1/instances/${id}`)).body);
+  const replicaNode = async () => (await getInstance()).nodes?.find((n) => n.role === 'replica');
+  const replicaPid = async () => Number((await readFile(join(dataDir, 'instances', id, 'replica', 'data', 'postmaster.pid'), 'utf8')).split('\n')[0]);
+
+  async function query<T extends pg.QueryResultRow>(port: number, sql: string): Promise<T[]> {
+    const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app', connectionTimeoutMillis: 15_000 });
+    await client.connect();
+    try {
+      return (await client.query<T>(sql)).rows;
+    } finally {
+      await client.end();
+    }
+  }
+
+  /** The primary's replication slots, read as the admin over its socket. */
+  async function slots(): Promise<string[]> {
+    const { port } = await getInstance();
+    const client = new pg.Client({ host: join(dataDir, 'sockets', String(port)), port, user: 'dbplane_admin', database: 'postgres' });
+    await client.connect();
+    try {
+      return (await client.query<{ slot_name: string }>('SELECT slot_name FROM pg_replication_slots')).rows.map((r) => r.slot_name);
+    } finally {
+      await client.end();
+    }
+  }
+
+  beforeAll(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'dbplane-replica-'));
+    agent = await spawnAgent({ dataDir, secret });
+    const host = HostInfo.parse((await call('GET', '/v1/host')).body);
+    spec = {
+      engine: 'postgresql',
+      version: host.versions.find((v) => v.version.startsWith('17.'))!.version,
+      role: { name: 'app', scramVerifier: scramVerifier(password) },
+      database: 'app',
+      settings: { shared_buffers: '32MB', max_connections: '20' },
+    };
+    await call('PUT', `/v1/instances/${id}`, spec);
+    await eventually(async () => ((await getInstance()).status === 'running' ? true : undefined), 60_000);
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('streams rows written on the primary to a read-only replica, and reports its lag down to 0', async () => {
+    const { gatewayPort } = await getInstance();
+    await query(gatewayPort, 'CREATE TABLE notes (id int PRIMARY KEY, body text)');
+    await query(gatewayPort, "INSERT INTO notes VALUES (1, 'before the replica')");
+
+    const ensured = await call('PUT', `/v1/instances/${id}/replica`);
+    const again = await call('PUT', `/v1/instances/${id}/replica`);
+    const replica = await eventually(async () => {
+      const node = await replicaNode();
+      return node?.status === 'running' ? node : undefined;
+    }, 60_000);
+    await query(gatewayPort, "INSERT INTO notes VALUES (2, 'after the replica')");
+    const rows = await eventually(async () => {
+      const found = await query<{ id: number }>(replica.port, 'SELECT id FROM notes ORDER BY id');
+      return found.length === 2 ? found : undefined;
+    });
+    const write = await query(replica.port, "INSERT INTO notes VALUES (3, 'on the replica')").then(() => 'written', (error: Error) => error.message);
+    const caughtUp = await eventually(async () => {
+      const node = await replicaNode();
+      return node?.lagBytes === 0 ? node : undefined;
+    });
+
+    expect(ensured.status).toBe(200);
+    expect(again.status).toBe(200);
+    expect(Instance.parse(again.body).nodes?.filter((n) => n.role === 'replica')).toHaveLength(1);
+    expect(replica.port).not.toBe((await getInstance()).port);
+    expect(rows).toEqual([{ id: 1 }, { id: 2 }]);
+    expect(write).toMatch(/read-only transaction/);
+    expect(caughtUp.lagBytes).toBe(0);
+    expect(await slots()).toEqual(['dbplane_replica']);
+    const [{ port }] = await query<{ port: string }>(gatewayPort, "SELECT current_setting('port') AS port");
+    expect(Number(port)).toBe((await getInstance()).port);
+  });
+
+  it('restarts the replica after its postmaster is killed', async () => {
+    const before = await replicaPid();
+
+    process.kill(before, 'SIGKILL');
+    const after = await eventually(async () => {
+      const node = await replicaNode();
+      const pid = await replicaPid().catch(() => before);
+      return node?.status === 'running' && pid !== before ? node : undefined;
+    }, 30_000);
+    await query((await getInstance()).gatewayPort, "INSERT INTO notes VALUES (4, 'after the crash')");
+
+    expect(await eventually(async () => {
+      const found = await query<{ id: number }>(after.port, 'SELECT id FROM notes WHERE id = 4').catch(() => []);
+      return found.length === 1 ? found : undefined;
+    })).toEqual([{ id: 4 }]);
+  });
+
+  it('drops the slot and the files when the replica is deleted', async () => {
+    const deleted = await call('DELETE', `/v1/instances/${id}/replica`);
+    const deletedAgain = await call('DELETE', `/v1/instances/${id}/replica`);
+
+    expect(deleted.status).toBe(204);
+    expect(deletedAgain.status).toBe(204);
+    expect(await slots()).toEqual([]);
+    expect((await getInstance()).nodes).toEqual([expect.objectContaining({ role: 'primary', status: 'running' })]);
+    await expect(access(join(dataDir, 'instances', id, 'replica'))).rejects.toThrow();
+  });
+
+  it('removes the primary and its replica when the instance is deleted', async () => {
+    const replica = Instance.parse((await call('PUT', `/v1/instances/${id}/replica`)).body).nodes!.find((n) => n.role === 'replica')!;
+    await eventually(async () => ((await replicaNode())?.status === 'running' ? true : undefined), 60_000);
+
+    const deleted = await call('DELETE', `/v1/instances/${id}`);
+
+    expect(deleted.status).toBe(204);
+    expect((await call('GET', `/v1/instances/${id}`)).status).toBe(404);
+    await expect(query(replica.port, 'SELECT 1')).rejects.toThrow();
+    await expect(access(join(dataDir, 'instances', id))).rejects.toThrow();
+  });
+});
