@@ -15,9 +15,8 @@ import {
   type EnsureInstance, type StartRestore, type WrappedKey,
 } from '#core/agent-api.ts';
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
-import { scramVerifier } from '#core/scram.ts';
 import { chunkBytes, createDecryptor, createEncryptor } from '../agent/backups/crypto.ts';
-import { agentCaller, eventually } from './helpers/agent.ts';
+import { agentCaller, appInstanceSpec, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 
 const secret = 'backup-test-secret';
@@ -186,14 +185,7 @@ describe('agent backups and restores', () => {
     agent = await spawnAgent({ dataDir: join(tempDir, 'agent'), secret, faults: true, masterKeyFile, backupDir });
     const host = HostInfo.parse((await call('GET', '/v1/host')).body);
     dataKey = { version: 1, wrapped: await newWrappedDataKey(wrapper, 'app-db') };
-    spec = {
-      engine: 'postgresql',
-      version: host.versions.find((v) => v.version.startsWith('17.'))!.version,
-      role: { name: 'app', scramVerifier: scramVerifier(password) },
-      database: 'app',
-      settings: { shared_buffers: '32MB', max_connections: '20' },
-      dataKey,
-    };
+    spec = appInstanceSpec(host, password, { dataKey });
     await call('PUT', '/v1/instances/app-db', spec);
     port = (await running('app-db')).port;
     await query(port, 'CREATE TABLE notes (id int PRIMARY KEY, body text)');

@@ -5,10 +5,9 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
-import { scramVerifier } from '#core/scram.ts';
 import { createGateway, type Gateway, type GatewayTarget } from '../agent/gateway.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
-import { agentCaller, eventually } from './helpers/agent.ts';
+import { agentCaller, appInstanceSpec, eventually } from './helpers/agent.ts';
 
 /** A server that answers every chunk with `<name>:<chunk>`, so a test sees which target it reached. */
 async function namedEcho(name: string, port = 0): Promise<Server & { target: GatewayTarget }> {
@@ -179,13 +178,7 @@ describe("an instance's gateway (real PostgreSQL through the agent)", () => {
     dataDir = await mkdtemp(join(tmpdir(), 'dbplane-gateway-'));
     agent = await spawnAgent({ dataDir, secret });
     const host = HostInfo.parse((await call('GET', '/v1/host')).body);
-    spec = {
-      engine: 'postgresql',
-      version: host.versions.find((v) => v.version.startsWith('17.'))!.version,
-      role: { name: 'app', scramVerifier: scramVerifier(password) },
-      database: 'app',
-      settings: { shared_buffers: '32MB', max_connections: '20' },
-    };
+    spec = appInstanceSpec(host, password);
   });
 
   afterAll(async () => {

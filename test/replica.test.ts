@@ -4,9 +4,8 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
-import { scramVerifier } from '#core/scram.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
-import { agentCaller, eventually } from './helpers/agent.ts';
+import { agentCaller, appInstanceSpec, eventually } from './helpers/agent.ts';
 
 describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
   const secret = 'test-secret';
@@ -47,13 +46,7 @@ describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
     dataDir = await mkdtemp(join(tmpdir(), 'dbplane-replica-'));
     agent = await spawnAgent({ dataDir, secret });
     const host = HostInfo.parse((await call('GET', '/v1/host')).body);
-    spec = {
-      engine: 'postgresql',
-      version: host.versions.find((v) => v.version.startsWith('17.'))!.version,
-      role: { name: 'app', scramVerifier: scramVerifier(password) },
-      database: 'app',
-      settings: { shared_buffers: '32MB', max_connections: '20' },
-    };
+    spec = appInstanceSpec(host, password);
     await call('PUT', `/v1/instances/${id}`, spec);
     await eventually(async () => ((await getInstance()).status === 'running' ? true : undefined), 60_000);
   });

@@ -1,3 +1,5 @@
+import type { EnsureInstance, HostInfo } from '#core/agent-api.ts';
+import { scramVerifier } from '#core/scram.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Calls the agent API of the agent `current()` names, with its bearer secret (or another token). */
@@ -27,4 +29,16 @@ export async function eventually<T>(check: () => Promise<T | undefined>, timeout
     await sleep(100);
   }
   throw new Error(`condition not met within ${timeoutMs} ms${lastError ? `: ${(lastError as Error).message}` : ''}`);
+}
+
+/** The usual test instance: PostgreSQL 17 of the host, role and database `app`, small settings. */
+export function appInstanceSpec(host: HostInfo, password: string, extra: Partial<EnsureInstance> = {}): EnsureInstance {
+  return {
+    engine: 'postgresql',
+    version: host.versions.find((v) => v.version.startsWith('17.'))!.version,
+    role: { name: 'app', scramVerifier: scramVerifier(password) },
+    database: 'app',
+    settings: { shared_buffers: '32MB', max_connections: '20' },
+    ...extra,
+  };
 }
