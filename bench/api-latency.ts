@@ -89,3 +89,5 @@ const rows = Object.values(template.Resources)
   .sort((a, b) => b.bytes - a.bytes);
 console.log('| bundle | minified | gzip |\n|---|---|---|');
 for (const row of rows) console.log(`| ${row.entry} | ${(row.bytes / 1024).toFixed(0)} KB | ${(row.gzip / 1024).toFixed(0)} KB |`);
+// A bundling synth leaves its assets to the caller.
+rmSync(assetsDir!, { recursive: true, force: true });
