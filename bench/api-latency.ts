@@ -8,6 +8,7 @@ import { startRuntime } from '../local/runtime.ts';
 import { synthesizeTemplate } from '../local/template.ts';
 import { entryMetadataKey, handlerMetadataKey } from '../infra/function.ts';
 import { apiClient, newTenant } from '../test/helpers/api.ts';
+import { percentile, timeEach } from './timing.ts';
 
 /**
  * `npm run bench`: on this machine, in one run,
@@ -18,21 +19,6 @@ import { apiClient, newTenant } from '../test/helpers/api.ts';
 
 const requests = Number(process.env.BENCH_REQUESTS ?? 1000);
 const provisions = Number(process.env.BENCH_PROVISIONS ?? 5);
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-}
-
-async function timeEach(n: number, fn: () => Promise<unknown>): Promise<number[]> {
-  for (let i = 0; i < Math.min(50, n); i++) await fn(); // warm-up
-  const times: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const start = performance.now();
-    await fn();
-    times.push(performance.now() - start);
-  }
-  return times.sort((a, b) => a - b);
-}
 
 const fmt = (ms: number) => `${ms.toFixed(2)} ms`;
 

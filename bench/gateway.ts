@@ -2,10 +2,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
-import { scramVerifier } from '#core/scram.ts';
+import { HostInfo, Instance } from '#core/agent-api.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
-import { agentCaller, eventually } from '../test/helpers/agent.ts';
+import { agentCaller, appInstanceSpec, eventually } from '../test/helpers/agent.ts';
+import { percentile, timeEach } from './timing.ts';
 
 /**
  * `npm run bench:gateway`: what the gateway (the agent's TCP proxy, the stable endpoint) costs, against
@@ -17,21 +17,6 @@ const queries = Number(process.env.BENCH_QUERIES ?? 5000);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 300);
 const secret = 'gateway-bench-secret';
 const password = 'gateway bench password';
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-}
-
-async function timeEach(n: number, fn: () => Promise<unknown>): Promise<number[]> {
-  for (let i = 0; i < Math.min(50, n); i++) await fn(); // warm-up
-  const times: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const start = performance.now();
-    await fn();
-    times.push(performance.now() - start);
-  }
-  return times.sort((a, b) => a - b);
-}
 
 const connectTo = async (port: number) => {
   const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app' });
@@ -46,13 +31,7 @@ const rows: string[] = [];
 try {
   agent = await spawnAgent({ dataDir: tempDir, secret });
   const host = HostInfo.parse((await call('GET', '/v1/host')).body);
-  const spec: EnsureInstance = {
-    engine: 'postgresql',
-    version: host.versions.find((v) => v.version.startsWith('17.'))!.version,
-    role: { name: 'app', scramVerifier: scramVerifier(password) },
-    database: 'app',
-    settings: { shared_buffers: '64MB', max_connections: '50' },
-  };
+  const spec = appInstanceSpec(host, password, { settings: { shared_buffers: '64MB', max_connections: '50' } });
   await call('PUT', '/v1/instances/gw-db', spec);
   const instance = await eventually(async () => {
     const found = Instance.parse((await call('GET', '/v1/instances/gw-db')).body);

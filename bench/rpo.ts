@@ -2,11 +2,10 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { ArchiveSummary, BackupJob, HostInfo, Instance, RestoreJob, type EnsureInstance, type StartRestore } from '#core/agent-api.ts';
+import { ArchiveSummary, BackupJob, HostInfo, Instance, RestoreJob, type StartRestore } from '#core/agent-api.ts';
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
-import { scramVerifier } from '#core/scram.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
-import { agentCaller, eventually } from '../test/helpers/agent.ts';
+import { agentCaller, appInstanceSpec, eventually } from '../test/helpers/agent.ts';
 
 /**
  * `npx tsx bench/rpo.ts`: the recovery point objective when a host is lost. One agent runs a database
@@ -46,14 +45,10 @@ try {
   const wrapper = LocalKeyWrapper.fromFile(masterKeyFile);
   agent = await spawnAgent({ dataDir: join(tempDir, 'host-1'), secret, masterKeyFile, backupDir });
   const host = HostInfo.parse((await call('GET', '/v1/host')).body);
-  const spec: EnsureInstance = {
-    engine: 'postgresql',
-    version: host.versions.find((v) => v.version.startsWith('17.'))!.version,
-    role: { name: 'app', scramVerifier: scramVerifier(password) },
-    database: 'app',
+  const spec = appInstanceSpec(host, password, {
     settings: { shared_buffers: '64MB', max_connections: '20' },
     dataKey: { version: 1, wrapped: await newWrappedDataKey(wrapper, id) },
-  };
+  });
   await call('PUT', `/v1/instances/${id}`, spec);
   const { port } = await running(id);
   const setup = await connect(port);

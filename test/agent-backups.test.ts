@@ -16,7 +16,7 @@ import {
 } from '#core/agent-api.ts';
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
 import { chunkBytes, createDecryptor, createEncryptor } from '../agent/backups/crypto.ts';
-import { agentCaller, appInstanceSpec, eventually } from './helpers/agent.ts';
+import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 
 const secret = 'backup-test-secret';
@@ -50,15 +50,7 @@ async function restoreDone(id: string, restoreId: string): Promise<RestoreJob> {
   }, 90_000);
 }
 
-async function query<T extends pg.QueryResultRow>(port: number, sql: string): Promise<T[]> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app' });
-  await client.connect();
-  try {
-    return (await client.query<T>(sql)).rows;
-  } finally {
-    await client.end();
-  }
-}
+const query = <T extends pg.QueryResultRow>(port: number, sql: string) => appQuery<T>(port, password, sql);
 
 /** As the agent's admin role, over the instance's unix socket (what pg_switch_wal and SHOW need). */
 async function adminQuery<T extends pg.QueryResultRow>(port: number, sql: string, database = 'app'): Promise<T[]> {

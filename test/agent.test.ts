@@ -8,7 +8,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
 import { scramVerifier } from '#core/scram.ts';
-import { agentCaller, eventually } from './helpers/agent.ts';
+import { agentCaller, appQuery, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 
 const secret = 'test-secret';
@@ -29,15 +29,7 @@ async function instanceWithStatus(id: string, status: Instance['status']): Promi
   });
 }
 
-async function query<T extends pg.QueryResultRow>(port: number, sql: string): Promise<T[]> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app' });
-  await client.connect();
-  try {
-    return (await client.query<T>(sql)).rows;
-  } finally {
-    await client.end();
-  }
-}
+const query = <T extends pg.QueryResultRow>(port: number, sql: string) => appQuery<T>(port, password, sql);
 
 async function postmasterPid(id: string): Promise<number> {
   return Number((await readFile(join(dataDir, 'instances', id, 'data', 'postmaster.pid'), 'utf8')).split('\n')[0]);

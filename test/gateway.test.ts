@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
 import { createGateway, type Gateway, type GatewayTarget } from '../agent/gateway.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
-import { agentCaller, appInstanceSpec, eventually } from './helpers/agent.ts';
+import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
 
 /** A server that answers every chunk with `<name>:<chunk>`, so a test sees which target it reached. */
 async function namedEcho(name: string, port = 0): Promise<Server & { target: GatewayTarget }> {
@@ -164,15 +164,7 @@ describe("an instance's gateway (real PostgreSQL through the agent)", () => {
     return instance.status === status ? instance : undefined;
   });
 
-  async function query<T extends pg.QueryResultRow>(port: number, sql: string): Promise<T[]> {
-    const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app', connectionTimeoutMillis: 15_000 });
-    await client.connect();
-    try {
-      return (await client.query<T>(sql)).rows;
-    } finally {
-      await client.end();
-    }
-  }
+  const query = <T extends pg.QueryResultRow>(port: number, sql: string) => appQuery<T>(port, password, sql);
 
   beforeAll(async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'dbplane-gateway-'));

@@ -5,7 +5,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
-import { agentCaller, appInstanceSpec, eventually } from './helpers/agent.ts';
+import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
 
 describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
   const secret = 'test-secret';
@@ -20,15 +20,7 @@ describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
   const replicaNode = async () => (await getInstance()).nodes?.find((n) => n.role === 'replica');
   const replicaPid = async () => Number((await readFile(join(dataDir, 'instances', id, 'replica', 'data', 'postmaster.pid'), 'utf8')).split('\n')[0]);
 
-  async function query<T extends pg.QueryResultRow>(port: number, sql: string): Promise<T[]> {
-    const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app', connectionTimeoutMillis: 15_000 });
-    await client.connect();
-    try {
-      return (await client.query<T>(sql)).rows;
-    } finally {
-      await client.end();
-    }
-  }
+  const query = <T extends pg.QueryResultRow>(port: number, sql: string) => appQuery<T>(port, password, sql);
 
   /** The primary's replication slots, read as the admin over its socket. */
   async function slots(): Promise<string[]> {

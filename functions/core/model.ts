@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { InstanceNode } from './agent-api.ts';
+import { BackupJob, InstanceNode } from './agent-api.ts';
 import { EngineName } from './catalog.ts';
 
 /** The records dbplane keeps, as the API shows them. Types are inferred from these schemas. */
@@ -94,31 +94,18 @@ export type Operation = z.infer<typeof Operation>;
 
 export const BackupKind = z.enum(['scheduled', 'manual', 'pre_restore', 'post_restore']);
 export type BackupKind = z.infer<typeof BackupKind>;
-export const BackupStatus = z.enum(['running', 'completed', 'failed']);
-const BackupCopy = z.object({ zone: z.string(), sha256: z.string(), ok: z.boolean() });
 
-/** A base backup of a database, as the control plane records it (the agent holds the bytes, in three zones). */
-export const Backup = z.object({
+/**
+ * A base backup of a database, as the control plane records it: the host's job (the agent holds the
+ * bytes, in three zones) with who asked for it and why.
+ */
+export const Backup = BackupJob.extend({
   id: z.string(),
-  databaseId: z.string(),
   accountId: z.string(),
   kind: BackupKind,
-  status: BackupStatus,
   operationId: z.string(),
   /** The engine version the backup was taken from. */
   version: z.string(),
-  startedAt: z.string(),
-  finishedAt: z.string().optional(),
-  /** The earliest instant this backup restores to (when it became consistent). */
-  consistentAt: z.string().optional(),
-  sizeBytes: z.number().int().optional(),
-  /** SHA-256 of the stored (encrypted) object; every good copy has it. */
-  sha256: z.string().optional(),
-  copies: z.array(BackupCopy),
-  /** A pg_dump taken with it, where the host has a pg_dump as new as the server: what the download serves then. */
-  logicalDump: z.object({ sizeBytes: z.number().int(), sha256: z.string(), copies: z.array(BackupCopy) }).optional(),
-  keyVersion: z.number().int().optional(),
-  reason: z.string().optional(),
 });
 export type Backup = z.infer<typeof Backup>;
 

@@ -244,8 +244,6 @@ export async function verifyDrill(deps: Pick<StepDeps, 'store' | 'agent'>, input
   await deps.store.setOperationResult(operation, {
     restoreStartedAt: startedAt,
     backupId: drill.drilledBackupId,
-    // The restore read a copy whose SHA-256 matched the one recorded at backup time, and every chunk's GCM tag.
-    checksumVerified: true,
     tables: stats.tables.length,
     totalRows: stats.totalRows,
     recoverySeconds: Math.round((Date.now() - Date.parse(startedAt)) / 100) / 10,

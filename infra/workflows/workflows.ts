@@ -164,6 +164,16 @@ export class Workflows extends Construct {
     );
   }
 
+  /**
+   * A cleanup step, then `failure`. The original error stays at `$.error` for FailOperation; a failing
+   * cleanup is recorded beside it, at `$.cleanupError`, and goes to `failure` too.
+   */
+  private cleanupThen(scope: Construct, step: StepName, failure: sfn.IChainable): sfn.IChainable {
+    const task = this.task(scope, step);
+    task.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
+    return task.next(failure);
+  }
+
   private succeed(scope: Construct): sfn.Succeed {
     return new sfn.Succeed(scope, stateNames.succeeded, { stateName: stateNames.succeeded });
   }
@@ -179,10 +189,7 @@ export class Workflows extends Construct {
    */
   private provision(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
-    const remove = this.task(scope, 'RemoveInstance');
-    // Keep the original error at $.error for FailOperation; a failing cleanup is recorded beside it.
-    remove.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
-    const cleanup = remove.next(failure);
+    const cleanup = this.cleanupThen(scope, 'RemoveInstance', failure);
 
     const [begin, createKey, ensure, complete] = this.sequence(scope, ['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'CompleteOperation'], cleanup);
     return begin.next(createKey).next(ensure).next(this.waitForHealth(scope, complete.next(this.succeed(scope)), cleanup));
@@ -216,9 +223,7 @@ export class Workflows extends Construct {
    */
   private restore(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
-    const abandon = this.task(scope, 'AbandonRestore');
-    abandon.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
-    const cleanup = abandon.next(failure);
+    const cleanup = this.cleanupThen(scope, 'AbandonRestore', failure);
 
     const [begin, createKey, startBackup, startRestore, complete] = this.sequence(
       scope, ['BeginOperation', 'CreateDataKey', 'StartBackup', 'StartRestore', 'CompleteOperation'], cleanup,
@@ -249,8 +254,7 @@ export class Workflows extends Construct {
     const failure = this.failure(scope);
     const complete = this.task(scope, 'CompleteOperation');
     complete.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.error });
-    const removeScratch = this.task(scope, 'RemoveScratch');
-    removeScratch.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
+    const removeScratch = this.task(scope, 'RemoveScratch').addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
     const failed = sfn.Condition.or(sfn.Condition.isPresent(paths.error), sfn.Condition.isPresent(paths.cleanupError));
     removeScratch.next(new sfn.Choice(scope, stateNames.drillFailed, { stateName: stateNames.drillFailed })
       .when(failed, failure)
@@ -277,10 +281,8 @@ export class Workflows extends Construct {
    */
   private changePlan(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
-    const revert = this.task(scope, 'RevertPlan');
     // A failed revert keeps the original error at $.error; FailOperation then ends the operation `failed`.
-    revert.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
-    const rollback = revert.next(failure);
+    const rollback = this.cleanupThen(scope, 'RevertPlan', failure);
 
     const [begin, precheck, removeReplica, resize, addReplica, verify, complete] = this.sequence(
       scope, ['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'AddReplica', 'VerifyPlan', 'CompleteOperation'], rollback,

@@ -1,3 +1,4 @@
+import pg from 'pg';
 import type { EnsureInstance, HostInfo } from '#core/agent-api.ts';
 import { scramVerifier } from '#core/scram.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -41,4 +42,15 @@ export function appInstanceSpec(host: HostInfo, password: string, extra: Partial
     settings: { shared_buffers: '32MB', max_connections: '20' },
     ...extra,
   };
+}
+
+/** Runs one query as the `app` role on a server or gateway port, on a connection of its own. */
+export async function appQuery<T extends pg.QueryResultRow>(port: number, password: string, sql: string): Promise<T[]> {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app', connectionTimeoutMillis: 15_000 });
+  await client.connect();
+  try {
+    return (await client.query<T>(sql)).rows;
+  } finally {
+    await client.end();
+  }
 }
