@@ -23,7 +23,7 @@ export interface Gateway {
 }
 
 const host = '127.0.0.1';
-const retryEveryMs = 100;
+const retryEveryMs = 20;
 
 /**
  * A database's stable endpoint: a TCP proxy that pipes each client connection to the current target,

@@ -130,6 +130,7 @@ function loadHostId(dataDir: string): string {
   return hostId;
 }
 
-export function inspectHost(dataDir: string, installs: PostgresInstall[]): HostInfo {
+/** All but `limits`, which the disk quota module reports (quota.ts). */
+export function inspectHost(dataDir: string, installs: PostgresInstall[]): Omit<HostInfo, 'limits'> {
   return { hostId: loadHostId(dataDir), versions: hostVersions(installs), volumeEncryption: volumeEncryptionAvailable() };
 }

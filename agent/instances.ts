@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { access, chmod, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { z } from 'zod';
 import { EnsureInstance, InstanceId, type Instance, type InstanceNode, type WrappedKey } from '#core/agent-api.ts';
+import type { PostgresSettings } from '#core/catalog.ts';
 import { BadRequest, Conflict, NotFound, Unprocessable, type FieldIssue } from '#core/errors.ts';
 import type { HostedInstance, InstanceAccess } from './backups/service.ts';
 import { InjectedFault, type Faults } from './faults.ts';
@@ -16,7 +17,9 @@ import {
   adminRole, initCluster, makePrivateDir, settingsProblems, spawnPostmaster, stopStalePostmaster, writeServerConfig,
   type RunAs, type ServerPaths,
 } from './postgres.ts';
-import { copyPrimary, dropReplication, prepareReplication, replicaLag, standbySettings, writeStandbySignal } from './replica.ts';
+import {
+  copyPrimary, dropReplication, lowersStandbyMinimums, prepareReplication, replicaLag, replicaReplayedNow, standbyServerSettings, standbySettings, writeStandbySignal,
+} from './replica.ts';
 import { supervise, type Supervisor } from './supervisor.ts';
 
 /**
@@ -27,24 +30,53 @@ const SavedInstance = z.object({
   id: InstanceId, port: z.number().int(), gatewayPort: z.number().int().optional(), spec: EnsureInstance,
   /** Its streaming replica: the replica server's port and the replication role's password (see replica.ts). */
   replica: z.object({ port: z.number().int(), password: z.string().min(16) }).optional(),
+  /** After an odd number of switchovers the primary's data is in the second folder (see Slot). */
+  swapped: z.boolean().optional(),
+  /** The id of the last switchover done, so that a retried request does not switch back. */
+  lastSwitchover: z.string().optional(),
 });
 type StoredInstance = z.infer<typeof SavedInstance> & { gatewayPort: number };
 
+/**
+ * An instance's two server folders: `first` (`<id>/data`) where it was created, `second`
+ * (`<id>/replica/data`) where its replica was copied. A switchover swaps their roles, not their files.
+ */
+type Slot = 'first' | 'second';
+const primarySlot = (stored: StoredInstance): Slot => (stored.swapped ? 'second' : 'first');
+const replicaSlot = (stored: StoredInstance): Slot => (stored.swapped ? 'first' : 'second');
+
 interface Managed {
   stored: StoredInstance;
+  /** The primary's server. */
   supervisor: Supervisor;
   /** Absent only when it could not listen after an agent restart (logged); clients then cannot reach the server. */
   gateway?: Gateway;
   /** The replica's server, once its data is copied (stored.replica says which port it owns). */
   replica?: Supervisor;
+  /** The settings each folder's server was last started with; undefined until it starts (or while it is restarting). */
+  applied: Partial<Record<Slot, PostgresSettings>>;
+  /** While a switchover runs, the gateway holds new connections instead of sending them to a server. */
+  holding: boolean;
+  /** The replica waits to restart on lower settings until it has replayed the restarted primary's (see lowersStandbyMinimums). */
+  replicaRestartPending: boolean;
 }
 
 export interface InstanceManager extends InstanceAccess {
-  ensure(id: string, spec: EnsureInstance): Promise<Instance>;
   /** With `nodes`: the primary and its replica, with the replica's lag read on the primary. */
   get(id: string): Promise<Instance | undefined>;
+  /**
+   * `restart: 'replica'` records the spec and restarts only the replica on it (the primary keeps its
+   * settings until a switchover or the next ensure): the first step of a rolling change.
+   */
+  ensure(id: string, spec: EnsureInstance, options?: { restart?: 'all' | 'replica' }): Promise<Instance>;
   /** Ensures a streaming replica of the instance on this host (idempotent); does not wait for it to catch up. */
   ensureReplica(id: string): Promise<Instance>;
+  /**
+   * The replica becomes the primary: the gateway holds new connections, the primary shuts down (its
+   * sessions get a moment to finish) after sending all its WAL, the replica replays it and is promoted,
+   * the gateway sends connections to it; the old primary then rejoins as its replica.
+   */
+  switchover(id: string, switchoverId: string): Promise<Instance>;
   /** Stops the replica, drops its slot on the primary and removes its files; absent is fine. */
   removeReplica(id: string): Promise<void>;
   remove(id: string): Promise<void>;
@@ -63,6 +95,13 @@ export interface InstanceManagerOptions {
 }
 
 const host = '127.0.0.1';
+/** A switchover starts holding clients only once the replica has at most this much WAL left to replay. */
+const switchoverMaxLagBytes = 4 * 1024 * 1024;
+const switchoverCatchUpMs = 15_000;
+/** How long sessions may finish their work (a smart shutdown) before a restart or a switchover ends them. */
+const sessionGraceMs = 300;
+const rejoinTimeoutMs = 10_000;
+const replicaRestartWaitMs = 60_000;
 const reservedDatabases = new Set(['postgres', 'template0', 'template1']);
 
 export function createInstanceManager({ dataDir, installs, runAs, faults, serverSettings }: InstanceManagerOptions): InstanceManager {
@@ -74,17 +113,12 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   const queues = new Map<string, Promise<unknown>>();
 
   const instanceDir = (id: string) => join(instancesDir, id);
-  const serverPaths = ({ id, port }: StoredInstance): ServerPaths => ({
-    data: join(instanceDir(id), 'data'),
-    log: join(instanceDir(id), 'log'),
-    socket: join(socketsDir, String(port)),
-  });
-
-  const replicaPaths = ({ id }: StoredInstance, port: number): ServerPaths => ({
-    data: join(instanceDir(id), 'replica', 'data'),
-    log: join(instanceDir(id), 'replica', 'log'),
-    socket: join(socketsDir, String(port)),
-  });
+  const nodePaths = (id: string, slot: Slot, port: number): ServerPaths => {
+    const dir = slot === 'first' ? instanceDir(id) : join(instanceDir(id), 'replica');
+    return { data: join(dir, 'data'), log: join(dir, 'log'), socket: join(socketsDir, String(port)) };
+  };
+  const serverPaths = (stored: StoredInstance) => nodePaths(stored.id, primarySlot(stored), stored.port);
+  const replicaPaths = (stored: StoredInstance, port: number) => nodePaths(stored.id, replicaSlot(stored), port);
 
   /** Calls for one instance run one after the other; calls for different instances do not wait for each other. */
   function serialized<T>(id: string, task: () => Promise<T>): Promise<T> {
@@ -102,51 +136,56 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   }
 
   function manage(stored: StoredInstance): Managed {
-    const install = () => installs.find((i) => i.version === managed.stored.spec.version);
-    // The lifecycle reads managed.stored when it runs, so a changed spec applies from the next start.
-    const managed: Managed = { stored, supervisor: supervise(stored.id, {
-      async prepare() {
-        const fault = faults.take('startServer', stored.id);
-        if (fault) throw new Error(fault.message);
-        const binaries = install();
-        if (!binaries) throw new Error(`PostgreSQL ${managed.stored.spec.version} is not installed on this host`);
-        const paths = serverPaths(managed.stored);
-        await makePrivateDir(paths.log, runAs);
-        await makePrivateDir(paths.socket, runAs);
-        await stopStalePostmaster(paths.data);
-        if (!(await exists(join(paths.data, 'PG_VERSION')))) await initCluster(binaries, paths, runAs);
-        const extra = await serverSettings?.(managed.stored.id, managed.stored.spec.dataKey) ?? [];
-        await writeServerConfig(paths, managed.stored.port, managed.stored.spec.settings, runAs, extra);
-      },
-      spawn: () => spawnPostmaster(install()!, serverPaths(managed.stored), runAs),
-      becomeReady: (current) => provision(managed.stored, serverPaths(managed.stored).socket, current),
-    }) };
+    const managed = { stored, applied: {}, holding: false, replicaRestartPending: false } as Omit<Managed, 'supervisor'> as Managed;
+    managed.supervisor = superviseNode(managed, primarySlot(stored));
     return managed;
   }
 
-  /** The replica runs like the primary (restarted on a crash), as a hot standby streaming from it; it is never provisioned. */
-  function superviseReplica(managed: Managed): Supervisor {
+  /**
+   * One server folder's server, restarted on a crash. Whether it starts as the primary or as a hot
+   * standby streaming from it is read at every start (the lifecycle reads managed.stored when it runs,
+   * so a changed spec or a switchover applies from the next start).
+   */
+  function superviseNode(managed: Managed, slot: Slot): Supervisor {
+    const { id } = managed.stored;
     const install = () => installs.find((i) => i.version === managed.stored.spec.version);
+    const isPrimary = () => primarySlot(managed.stored) === slot;
     const replica = () => {
-      if (!managed.stored.replica) throw new Error(`instance ${managed.stored.id} has no replica`);
-      return { ...managed.stored.replica, paths: replicaPaths(managed.stored, managed.stored.replica.port) };
+      if (!managed.stored.replica) throw new Error(`instance ${id} has no replica`);
+      return managed.stored.replica;
     };
-    return supervise(`${managed.stored.id} replica`, {
+    const paths = () => (isPrimary() ? serverPaths(managed.stored) : replicaPaths(managed.stored, replica().port));
+    return supervise(slot === 'first' ? id : `${id} (second node)`, {
       async prepare() {
+        if (isPrimary()) {
+          const fault = faults.take('startServer', id);
+          if (fault) throw new Error(fault.message);
+        }
         const binaries = install();
         if (!binaries) throw new Error(`PostgreSQL ${managed.stored.spec.version} is not installed on this host`);
-        const { port, password, paths } = replica();
-        if (!(await exists(join(paths.data, 'PG_VERSION')))) throw new Error('the replica has no data; ensure it again');
-        await makePrivateDir(paths.log, runAs);
-        await makePrivateDir(paths.socket, runAs);
-        await stopStalePostmaster(paths.data);
-        await writeServerConfig(paths, port, managed.stored.spec.settings, runAs, standbySettings(managed.stored.port, password));
-        await writeStandbySignal(paths.data, runAs);
+        const { spec, port } = managed.stored;
+        const own = paths();
+        await makePrivateDir(own.log, runAs);
+        await makePrivateDir(own.socket, runAs);
+        await stopStalePostmaster(own.data);
+        // Archiving settings on a standby too: they take effect when it is promoted.
+        const archiving = await serverSettings?.(id, spec.dataKey) ?? [];
+        if (isPrimary()) {
+          if (!(await exists(join(own.data, 'PG_VERSION')))) await initCluster(binaries, own, runAs);
+          managed.applied[slot] = spec.settings;
+          await writeServerConfig(own, port, spec.settings, runAs, archiving);
+        } else {
+          if (!(await exists(join(own.data, 'PG_VERSION')))) throw new Error('the replica has no data; ensure it again');
+          const settings = standbyServerSettings(spec.settings, managed.applied[primarySlot(managed.stored)]);
+          managed.applied[slot] = settings;
+          await writeServerConfig(own, replica().port, settings, runAs, [...archiving, ...standbySettings(port, replica().password)]);
+          await writeStandbySignal(own.data, runAs);
+        }
       },
-      spawn: () => spawnPostmaster(install()!, replica().paths, runAs),
+      spawn: () => spawnPostmaster(install()!, paths(), runAs),
       async becomeReady(current) {
-        const { port, paths } = replica();
-        const client = await connectWhenReady(paths.socket, port, current);
+        if (isPrimary()) return provision(managed.stored, paths().socket, current);
+        const client = await connectWhenReady(paths().socket, replica().port, current);
         await client.end().catch(() => undefined);
       },
     });
@@ -156,7 +195,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   function openGateway(managed: Managed): Promise<Gateway> {
     return createGateway({
       port: managed.stored.gatewayPort,
-      target: () => (managed.supervisor.state().status === 'running' ? { host, port: managed.stored.port } : undefined),
+      target: () => (!managed.holding && managed.supervisor.state().status === 'running' ? { host, port: managed.stored.port } : undefined),
     });
   }
 
@@ -186,7 +225,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     const { stored, supervisor, replica } = managed;
     const nodes: InstanceNode[] = [{ role: 'primary', port: stored.port, status: supervisor.state().status }];
     if (stored.replica) {
-      const status = replica?.state().status ?? 'stopped';
+      const status = managed.replicaRestartPending ? 'starting' : replica?.state().status ?? 'stopped';
       let lagBytes: number | undefined;
       if (supervisor.state().status === 'running') {
         const { socket } = serverPaths(stored);
@@ -226,24 +265,46 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     return managed;
   }
 
-  async function converge(managed: Managed, spec: EnsureInstance): Promise<void> {
+  async function converge(managed: Managed, spec: EnsureInstance, restart: 'all' | 'replica'): Promise<void> {
     const current = managed.stored.spec;
     if (spec.engine !== current.engine || spec.version !== current.version) {
       throw new Conflict(`instance ${managed.stored.id} runs ${current.engine} ${current.version}, not ${spec.version}; changing versions is an upgrade`);
     }
     // Turning archiving on or off needs a restart; a new data key version only changes what the agent seals new WAL with.
-    const settingsChanged = canonical(spec.settings) !== canonical(current.settings) || !spec.dataKey !== !current.dataKey;
+    const archivingChanged = !spec.dataKey !== !current.dataKey;
     const keyChanged = canonical(spec.dataKey ?? {}) !== canonical(current.dataKey ?? {});
     const accessChanged = canonical(spec.role) !== canonical(current.role) || spec.database !== current.database;
-    if (!settingsChanged && !accessChanged && !keyChanged) return;
-    managed.stored = { ...managed.stored, spec };
-    await saveState(managed.stored);
-    if (keyChanged && !settingsChanged) await serverSettings?.(managed.stored.id, spec.dataKey);
-    if (settingsChanged) {
-      log('info', 'settings changed; restarting', { instance: managed.stored.id });
-      // The replica restarts too, with the same settings (a hot standby refuses some below the primary's); not rolling yet.
-      await managed.replica?.stop();
-      await managed.supervisor.stop();
+    // A server runs on other settings than the spec's: changed now, or left behind by a rolling change.
+    const stale = (slot: Slot) => archivingChanged || (managed.applied[slot] !== undefined && canonical(managed.applied[slot]) !== canonical(spec.settings));
+    const primaryStale = restart === 'all' && stale(primarySlot(managed.stored));
+    const replicaStale = managed.replica !== undefined && stale(replicaSlot(managed.stored));
+    const specChanged = archivingChanged || keyChanged || accessChanged || canonical(spec.settings) !== canonical(current.settings);
+    if (!specChanged && !primaryStale && !replicaStale) return;
+    if (specChanged) {
+      managed.stored = { ...managed.stored, spec };
+      await saveState(managed.stored);
+    }
+    if (keyChanged && !archivingChanged) await serverSettings?.(managed.stored.id, spec.dataKey);
+    const replicaApplied = managed.applied[replicaSlot(managed.stored)];
+    const replicaAfterPrimary = primaryStale && replicaStale && replicaApplied !== undefined && lowersStandbyMinimums(replicaApplied, spec.settings);
+    if (replicaAfterPrimary) {
+      managed.replicaRestartPending = true;
+      void serialized(managed.stored.id, () => restartReplicaAfterPrimary(managed));
+    } else if (replicaStale) {
+      log('info', 'settings changed; restarting the replica', { instance: managed.stored.id });
+      await managed.replica!.stop();
+    }
+    if (primaryStale) {
+      log('info', 'settings changed; restarting the primary', { instance: managed.stored.id });
+      // New connections wait at the gateway rather than reach a server that is shutting down.
+      managed.holding = true;
+      try {
+        await managed.supervisor.stop({ smartMs: sessionGraceMs });
+      } finally {
+        managed.holding = false;
+      }
+      // It starts on the spec: the replica, starting beside it, must match that, not the old settings.
+      managed.applied[primarySlot(managed.stored)] = undefined;
     } else if (accessChanged) {
       managed.supervisor.reprovision();
     }
@@ -253,19 +314,135 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
    * An agent that died while swapping restored data in (replaceData) left the old data aside: the
    * restore did not finish (its job reads back as failed), so the old data goes back in place.
    */
-  async function undoUnfinishedSwap(id: string): Promise<void> {
-    const live = join(instanceDir(id), 'data');
-    for (const name of await readdir(instanceDir(id))) {
-      const path = join(instanceDir(id), name);
+  async function undoUnfinishedSwap(stored: StoredInstance): Promise<void> {
+    const live = serverPaths(stored).data;
+    for (const name of await readdir(dirname(live))) {
+      const path = join(dirname(live), name);
       if (name.startsWith('data.discard-')) {
         await rm(path, { recursive: true, force: true });
       } else if (name.startsWith('data.before-')) {
         await stopStalePostmaster(live);
         await rm(live, { recursive: true, force: true });
         await rename(path, live);
-        log('warn', 'put the data back that an interrupted restore had moved aside', { instance: id, from: name });
+        log('warn', 'put the data back that an interrupted restore had moved aside', { instance: stored.id, from: name });
       }
     }
+  }
+
+  /**
+   * Copies the running primary into the replica's folder (low-level backup API) and starts it streaming.
+   * A port and password are saved before anything is made, so a retry after a crash midway reuses them.
+   */
+  async function seedReplica(managed: Managed): Promise<void> {
+    if (!managed.stored.replica) {
+      const port = await allocatePort(takenPorts());
+      managed.stored = { ...managed.stored, replica: { port, password: randomBytes(24).toString('base64url') } };
+      await saveState(managed.stored);
+    }
+    const { port, password } = managed.stored.replica!;
+    const { data } = replicaPaths(managed.stored, port);
+    const copy = `${data}.copy`;
+    const client = await runningPrimary(managed);
+    try {
+      await prepareReplication(client, serverPaths(managed.stored).data, password);
+      await rm(copy, { recursive: true, force: true });
+      await makePrivateDir(dirname(data), runAs);
+      await makePrivateDir(copy, runAs);
+      await copyPrimary(client, Number(managed.stored.spec.version.split('.')[0]), serverPaths(managed.stored).data, copy, runAs);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    await stopStalePostmaster(data);
+    await rm(data, { recursive: true, force: true });
+    await rename(copy, data);
+    managed.replica ??= superviseNode(managed, replicaSlot(managed.stored));
+    managed.replica.start();
+    log('info', 'replica created', { instance: managed.stored.id, port });
+  }
+
+  /** Until the replica runs and streams with less than `maxLagBytes` to replay; false at the deadline. */
+  async function replicaCaughtUp(managed: Managed, maxLagBytes: number, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (managed.replica?.state().status === 'running') {
+        const lag = (await viewWithNodes(managed)).nodes?.find((n) => n.role === 'replica')?.lagBytes;
+        if (lag !== undefined && lag <= maxLagBytes) return true;
+      }
+      await sleep(50);
+    }
+    return false;
+  }
+
+  /** Promotes the replica and waits until it is a primary. */
+  async function promoteReplica(managed: Managed): Promise<void> {
+    const { port } = managed.stored.replica!;
+    const { socket } = replicaPaths(managed.stored, port);
+    const client = await connectWhenReady(socket, port, () => managed.replica?.state().status === 'running');
+    try {
+      const { rows: [promoted] } = await client.query<{ done: boolean }>('SELECT pg_promote(true, 30) AS done');
+      if (!promoted?.done) throw new Error('the replica was not promoted within 30 s');
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  async function restartReplicaAfterPrimary(managed: Managed): Promise<void> {
+    try {
+      const client = await runningPrimary(managed);
+      try {
+        await replicaReplayedNow(client, replicaRestartWaitMs);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+      log('info', 'settings changed; restarting the replica after the primary', { instance: managed.stored.id });
+      await managed.replica?.stop();
+      managed.replica?.start();
+    } finally {
+      managed.replicaRestartPending = false;
+    }
+  }
+
+  /** Whether the replica has left recovery: a promotion whose answer was lost may still have happened. */
+  async function replicaPromoted(managed: Managed): Promise<boolean> {
+    const { port } = managed.stored.replica!;
+    const client = new pg.Client({ host: replicaPaths(managed.stored, port).socket, port, user: adminRole, database: 'postgres', connectionTimeoutMillis: 2_000 });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      const { rows: [row] } = await client.query<{ recovering: boolean }>('SELECT pg_is_in_recovery() AS recovering');
+      return row?.recovering === false;
+    } catch {
+      return false;
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  /**
+   * The old primary follows the new one: it shut down cleanly, so its WAL is a prefix of the new
+   * primary's timeline, which it can stream. If it does not catch up in time it is copied afresh.
+   */
+  async function rejoinAsReplica(managed: Managed): Promise<void> {
+    const client = await runningPrimary(managed);
+    try {
+      // The slot lived on the old primary: the new one needs its own before its replica connects.
+      await prepareReplication(client, serverPaths(managed.stored).data, managed.stored.replica!.password);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    managed.replica!.start();
+    if (await replicaCaughtUp(managed, Number.MAX_SAFE_INTEGER, rejoinTimeoutMs)) return;
+    // A copy can take long: it runs after this call answers, the replica reported starting meanwhile.
+    log('warn', 'the old primary did not rejoin as a replica; copying it afresh', { instance: managed.stored.id });
+    managed.replicaRestartPending = true;
+    void serialized(managed.stored.id, async () => {
+      try {
+        await managed.replica?.stop();
+        await seedReplica(managed);
+      } finally {
+        managed.replicaRestartPending = false;
+      }
+    });
   }
 
   /** Waits until a (re)started server is running, or has failed. */
@@ -280,12 +457,12 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   }
 
   return {
-    ensure: (id, spec) => serialized(id, async () => {
+    ensure: (id, spec, { restart = 'all' } = {}) => serialized(id, async () => {
       const fault = faults.take('ensureInstance', id);
       if (fault) throw new InjectedFault(fault.message);
       checkSpec(spec);
       const existing = instances.get(id);
-      if (existing) await converge(existing, spec);
+      if (existing) await converge(existing, spec, restart);
       const managed = existing ?? await create(id, spec);
       // Starts a new or restarted server; retries a failed one; leaves a running one alone.
       managed.supervisor.start();
@@ -306,30 +483,42 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         managed.replica.start();
         return viewWithNodes(managed);
       }
-      // Saved before anything is made, so a retry after a crash midway reuses the port and password.
-      if (!managed.stored.replica) {
-        const port = await allocatePort(takenPorts());
-        managed.stored = { ...managed.stored, replica: { port, password: randomBytes(24).toString('base64url') } };
-        await saveState(managed.stored);
+      await seedReplica(managed);
+      return viewWithNodes(managed);
+    }),
+
+    switchover: (id, switchoverId) => serialized(id, async () => {
+      const managed = instances.get(id);
+      if (!managed) throw new NotFound(`no instance ${id} on this host`);
+      if (managed.stored.lastSwitchover === switchoverId) return viewWithNodes(managed);
+      if (!managed.replica) throw new Conflict(`instance ${id} has no replica to switch over to`);
+      // Holding clients is only short if the replica has little left to replay.
+      if (!(await replicaCaughtUp(managed, switchoverMaxLagBytes, switchoverCatchUpMs))) {
+        throw new Conflict(`the replica of ${id} is not streaming with less than ${switchoverMaxLagBytes} bytes to replay`);
       }
-      const { data } = replicaPaths(managed.stored, managed.stored.replica!.port);
-      const copy = `${data}.copy`;
-      const client = await runningPrimary(managed);
+      const fault = faults.take('switchover', id);
+      if (fault) throw new InjectedFault(fault.message);
+      const heldSince = Date.now();
+      managed.holding = true;
       try {
-        await prepareReplication(client, serverPaths(managed.stored).data, managed.stored.replica!.password);
-        await rm(copy, { recursive: true, force: true });
-        await makePrivateDir(join(instanceDir(id), 'replica'), runAs);
-        await makePrivateDir(copy, runAs);
-        await copyPrimary(client, Number(managed.stored.spec.version.split('.')[0]), serverPaths(managed.stored).data, copy, runAs);
-      } finally {
-        await client.end().catch(() => undefined);
+        // A clean shutdown sends every WAL record to the streaming replica before the server exits, so
+        // the promotion below replays every acknowledged commit.
+        await managed.supervisor.stop({ smartMs: sessionGraceMs });
+        await promoteReplica(managed);
+      } catch (error) {
+        if (!(await replicaPromoted(managed))) {
+          managed.holding = false;
+          managed.supervisor.start();
+          throw error;
+        }
       }
-      await stopStalePostmaster(data);
-      await rm(data, { recursive: true, force: true });
-      await rename(copy, data);
-      managed.replica = superviseReplica(managed);
-      managed.replica.start();
-      log('info', 'replica created', { instance: id, port: managed.stored.replica!.port });
+      const { port, replica } = managed.stored;
+      managed.stored = { ...managed.stored, port: replica!.port, replica: { ...replica!, port }, swapped: !managed.stored.swapped, lastSwitchover: switchoverId };
+      [managed.supervisor, managed.replica] = [managed.replica, managed.supervisor];
+      managed.holding = false;
+      log('info', 'switched over', { instance: id, primaryPort: managed.stored.port, heldMs: Date.now() - heldSince });
+      await saveState(managed.stored);
+      await rejoinAsReplica(managed);
       return viewWithNodes(managed);
     }),
 
@@ -344,12 +533,14 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       } finally {
         await client.end().catch(() => undefined);
       }
+      const { data, log: logDir, socket } = replicaPaths(managed.stored, port);
       const { replica: _gone, ...rest } = managed.stored;
       managed.stored = rest;
       managed.replica = undefined;
       await saveState(managed.stored);
-      await rm(join(instanceDir(id), 'replica'), { recursive: true, force: true });
-      await rm(join(socketsDir, String(port)), { recursive: true, force: true });
+      // Its own folder, or after an odd number of switchovers the first folder's data and log (the primary's folder holds the rest).
+      const files = dirname(data) === instanceDir(id) ? [data, logDir] : [dirname(data)];
+      for (const path of [...files, socket]) await rm(path, { recursive: true, force: true });
       log('info', 'replica removed', { instance: id });
     }),
 
@@ -388,7 +579,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
           await saveState(stored);
           log('info', 'instance given a gateway port', { instance: stored.id, gatewayPort: stored.gatewayPort });
         }
-        await undoUnfinishedSwap(stored.id);
+        await undoUnfinishedSwap(stored);
         const managed = manage(stored);
         managed.gateway = await openGateway(managed).catch((error: unknown) => {
           log('error', 'the gateway could not listen; clients cannot reach this instance', { instance: stored.id, gatewayPort: stored.gatewayPort, error: errorMessage(error) });
@@ -397,7 +588,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         instances.set(stored.id, managed);
         managed.supervisor.start();
         if (stored.replica && await exists(join(replicaPaths(stored, stored.replica.port).data, 'PG_VERSION'))) {
-          managed.replica = superviseReplica(managed);
+          managed.replica = superviseNode(managed, replicaSlot(stored));
           managed.replica.start();
         }
       }
@@ -425,6 +616,11 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         // Renamed first (atomic): a half-removed folder must never look like data to put back (see resumeAll).
         await rename(aside, `${live}.discard-${tag}`);
         await rm(`${live}.discard-${tag}`, { recursive: true, force: true });
+        // The replica streamed from the data that was replaced: it is copied afresh.
+        if (managed.replica) {
+          await managed.replica.stop();
+          await seedReplica(managed);
+        }
         return;
       }
       // The old data comes back: a failed restore leaves the instance as it was.

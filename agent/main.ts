@@ -10,6 +10,7 @@ import { findPostgresInstalls, inspectHost } from './host.ts';
 import { createInstanceManager } from './instances.ts';
 import { errorMessage, log } from './log.ts';
 import { ensureTraversable, resolveRunAs } from './postgres.ts';
+import { createDiskQuotas, hostLimits } from './quota.ts';
 import { createAgentServer } from './server.ts';
 
 /** The agent process: `tsx agent/main.ts`, configured by environment (see spawn.ts for the other side). */
@@ -20,6 +21,8 @@ const Env = z.object({
   DBPLANE_AGENT_FAULTS: z.enum(['0', '1']).default('0'),
   /** Where backups and WAL go: one folder per zone (zone-a, zone-b, zone-c), stand-ins for S3 buckets. */
   DBPLANE_AGENT_BACKUP_DIR: z.string().min(1).optional(),
+  /** How often each server's data directory is measured against its disk quota. */
+  DBPLANE_AGENT_QUOTA_INTERVAL_MS: z.coerce.number().int().min(100).default(5_000),
   // The master key (DBPLANE_MASTER_KEY_FILE locally, MASTER_KEY_ID with KMS) is read by #core/keys.ts when first needed.
 });
 
@@ -40,12 +43,14 @@ const keys = new KeyRing();
 const backups = createBackupService({
   dataDir, backupDir, secret: env.DBPLANE_AGENT_SECRET, runAs, installs, faults, keys, instances: () => instances,
 });
-const instances = createInstanceManager({ dataDir, installs, runAs, faults, serverSettings: backups.serverSettings });
+const diskQuotas = createDiskQuotas({ dataDir, instances: () => instances, intervalMs: env.DBPLANE_AGENT_QUOTA_INTERVAL_MS });
+const instances = diskQuotas.recording(createInstanceManager({ dataDir, installs, runAs, faults, serverSettings: backups.serverSettings }));
 
 const server = createAgentServer(env.DBPLANE_AGENT_SECRET, {
-  host: inspectHost(dataDir, installs),
+  host: { ...inspectHost(dataDir, installs), limits: await hostLimits(env.DBPLANE_AGENT_QUOTA_INTERVAL_MS) },
   instances,
   backups,
+  diskQuotas,
   faults: env.DBPLANE_AGENT_FAULTS === '1' ? faults : undefined,
 });
 
@@ -56,6 +61,7 @@ const { port } = server.address() as AddressInfo;
 backups.setAgentUrl(`http://127.0.0.1:${port}`);
 await backups.cleanup();
 await instances.resumeAll();
+diskQuotas.start();
 process.stdout.write(`${JSON.stringify({ agent: 'listening', url: `http://127.0.0.1:${port}` })}\n`);
 log('info', 'agent listening', { port, versions: installs.map((i) => i.version), faults: env.DBPLANE_AGENT_FAULTS === '1' });
 
@@ -70,6 +76,7 @@ async function shutdown(signal: NodeJS.Signals): Promise<void> {
   shuttingDown = true;
   log('info', 'agent stopping', { signal });
   try {
+    await diskQuotas.stop();
     await Promise.all([instances.stopAll(), backups.stopAll()]);
     server.close();
     server.closeAllConnections();

@@ -3,6 +3,7 @@ import { chown, mkdir, readFile, appendFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
+import type { PostgresSettings } from '#core/catalog.ts';
 import { quoteSetting, type RunAs } from './postgres.ts';
 
 /** The role a replica streams as, and the physical slot that keeps WAL on the primary until the replica has it. */
@@ -66,7 +67,8 @@ export async function copyPrimary(client: pg.Client, major: number, primaryData:
     exitOf(reader, 'tar -c', [0, 1]),
     exitOf(writer, 'tar -x', [0]),
   ]);
-  const failed = results.find((r) => r.status === 'rejected');
+  // A tar's own complaint says more than the broken pipe it causes.
+  const failed = [results[1], results[2], results[0]].find((r) => r.status === 'rejected');
   if (failed) throw failed.reason;
   const { rows: [stopped] } = await client.query<{ labelfile: string; spcmapfile: string | null }>(major >= 15
     ? 'SELECT labelfile, spcmapfile FROM pg_backup_stop(false)'
@@ -77,6 +79,30 @@ export async function copyPrimary(client: pg.Client, major: number, primaryData:
     await mkdir(join(into, dir), { recursive: true, mode: 0o700 });
     if (runAs) await chown(join(into, dir), runAs.uid, runAs.gid);
   }
+}
+
+/** Settings a hot standby must hold at least as high as its primary's, or it stops replaying. */
+const standbyMinimums = ['max_connections', 'max_worker_processes', 'max_wal_senders', 'max_prepared_transactions', 'max_locks_per_transaction'];
+
+/**
+ * The target settings, raised where the primary runs higher values of those a standby must match: in a
+ * rolling change to a smaller plan, the replica restarts first while the primary still runs the old ones.
+ */
+export function standbyServerSettings(target: PostgresSettings, primary: PostgresSettings = target): PostgresSettings {
+  const settings = { ...target };
+  for (const name of standbyMinimums) {
+    if (primary[name] !== undefined && !(Number(target[name]) >= Number(primary[name]))) settings[name] = primary[name];
+  }
+  return settings;
+}
+
+/**
+ * Whether `to` lowers a setting a standby must keep at least at its primary's. Such a standby can only
+ * restart on it once it has replayed the primary's own change (PostgreSQL checks the values it last
+ * replayed when it starts), so it restarts after the primary, not beside it.
+ */
+export function lowersStandbyMinimums(from: PostgresSettings, to: PostgresSettings): boolean {
+  return standbyMinimums.some((name) => Number(to[name]) < Number(from[name]));
 }
 
 /** The replica's own settings, written after the rest of its config, and the standby.signal that makes it one. */
@@ -96,6 +122,19 @@ export async function replicaLag(client: pg.Client): Promise<number | undefined>
     [replicationSlot]);
   const lag = rows[0]?.lag;
   return lag === null || lag === undefined ? undefined : Math.max(0, Number(lag));
+}
+
+/** On the primary: waits until its replica has replayed everything written so far; false at the deadline. */
+export async function replicaReplayedNow(client: pg.Client, timeoutMs: number): Promise<boolean> {
+  const { rows: [now] } = await client.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn');
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const { rows } = await client.query<{ done: boolean }>(
+      'SELECT replay_lsn >= $1::pg_lsn AS done FROM pg_stat_replication WHERE application_name = $2', [now!.lsn, replicationSlot]);
+    if (rows[0]?.done) return true;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return false;
 }
 
 async function writeOwned(path: string, content: string, runAs: RunAs | undefined): Promise<void> {

@@ -2,7 +2,7 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { z } from 'zod';
 import {
-  BackupId, EnsureInstance, Fault, InstanceId, RestoreId, StartBackup, StartRestore, WalRetention, type HostInfo,
+  BackupId, EnsureInstance, Fault, InstanceId, JobWait, RestartScope, RestoreId, Switchover, StartBackup, StartRestore, WalRetention, type HostInfo,
 } from '#core/agent-api.ts';
 import {
   BadRequest, DomainError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType,
@@ -10,6 +10,7 @@ import {
 import { DownloadFormat, type BackupService } from './backups/service.ts';
 import type { Faults } from './faults.ts';
 import type { InstanceManager } from './instances.ts';
+import type { DiskQuotas } from './quota.ts';
 import { errorMessage, log } from './log.ts';
 import { tableStats } from './tables.ts';
 import { instanceUsage } from './usage.ts';
@@ -18,6 +19,7 @@ export interface AgentServices {
   host: HostInfo;
   instances: InstanceManager;
   backups: BackupService;
+  diskQuotas: Pick<DiskQuotas, 'status'>;
   /** Present only when fault injection is enabled; otherwise the fault routes do not exist. */
   faults?: Faults;
 }
@@ -53,7 +55,7 @@ interface Route {
 
 const maxBodyBytes = 1024 * 1024;
 
-function routes({ host, instances, backups, faults }: AgentServices): Route[] {
+function routes({ host, instances, backups, diskQuotas, faults }: AgentServices): Route[] {
   const table: Route[] = [
     { path: /^\/v1\/host$/, methods: { GET: async () => ({ status: 200, body: host }) } },
     {
@@ -64,9 +66,11 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
           if (!instance) throw new NotFound(`no instance ${id} on this host`);
           return { status: 200, body: instance };
         },
-        PUT: async ({ id }, body) => ({
+        PUT: async ({ id }, body, { query }) => ({
           status: 200,
-          body: await instances.ensure(parse(InstanceId, id, '/id'), parse(EnsureInstance, await body(), '/body')),
+          body: await instances.ensure(parse(InstanceId, id, '/id'), parse(EnsureInstance, await body(), '/body'), {
+            restart: parse(RestartScope, query.get('restart') ?? 'all', '/query/restart'),
+          }),
         }),
         DELETE: async ({ id }) => {
           await instances.remove(parse(InstanceId, id, '/id'));
@@ -85,6 +89,15 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
       },
     },
     {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/switchover$/,
+      methods: {
+        POST: async ({ id }, body) => ({
+          status: 200,
+          body: await instances.switchover(parse(InstanceId, id, '/id'), parse(Switchover, await body(), '/body').id),
+        }),
+      },
+    },
+    {
       path: /^\/v1\/instances\/(?<id>[^/]+)\/tables$/,
       methods: {
         GET: async ({ id }) => {
@@ -98,7 +111,7 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
       methods: {
         GET: async ({ id }) => {
           const instanceId = parse(InstanceId, id, '/id');
-          return { status: 200, body: await instanceUsage(instanceId, instances.describe(instanceId)) };
+          return { status: 200, body: { ...await instanceUsage(instanceId, instances.describe(instanceId)), diskQuota: diskQuotas.status(instanceId) } };
         },
       },
     },
@@ -115,8 +128,9 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
     {
       path: /^\/v1\/archives\/(?<id>[^/]+)\/backups\/(?<backupId>[^/]+)$/,
       methods: {
-        GET: async ({ id, backupId }) => {
-          const job = await backups.getBackup(parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'));
+        GET: async ({ id, backupId }, _, { query }) => {
+          const job = await backups.getBackup(
+            parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'), parse(JobWait, query.get('waitSeconds') ?? undefined, '/query/waitSeconds'));
           if (!job) throw new NotFound(`no backup ${backupId} of ${id}`);
           return { status: 200, body: job };
         },
@@ -168,8 +182,9 @@ function routes({ host, instances, backups, faults }: AgentServices): Route[] {
             parse(InstanceId, id, '/id'), parse(RestoreId, restoreId, '/restoreId'), parse(StartRestore, await body(), '/body'));
           return { status: created ? 202 : 200, body: job };
         },
-        GET: async ({ id, restoreId }) => {
-          const job = await backups.getRestore(parse(InstanceId, id, '/id'), parse(RestoreId, restoreId, '/restoreId'));
+        GET: async ({ id, restoreId }, _, { query }) => {
+          const job = await backups.getRestore(
+            parse(InstanceId, id, '/id'), parse(RestoreId, restoreId, '/restoreId'), parse(JobWait, query.get('waitSeconds') ?? undefined, '/query/waitSeconds'));
           if (!job) throw new NotFound(`no restore ${restoreId} of ${id}`);
           return { status: 200, body: job };
         },

@@ -22,8 +22,11 @@ export interface Supervisor {
   start(): void;
   /** Runs provisioning again on the running server (e.g. the role's password changed). */
   reprovision(): void;
-  /** Fast shutdown; waits for the postmaster to exit. */
-  stop(): Promise<void>;
+  /**
+   * Fast shutdown; waits for the postmaster to exit. With `smartMs`, a smart shutdown first: sessions
+   * may finish what they are doing for that long (no new ones get in), then the fast one ends the rest.
+   */
+  stop(options?: { smartMs?: number }): Promise<void>;
 }
 
 const crashWindowMs = 60_000;
@@ -143,16 +146,21 @@ export function supervise(name: string, lifecycle: ServerLifecycle): Supervisor 
       );
     },
 
-    async stop() {
+    async stop({ smartMs = 0 } = {}) {
       generation++;
       clearTimeout(retryTimer);
       await preparing;
       const proc = child;
       if (proc) {
-        proc.kill('SIGINT');
-        const timer = setTimeout(() => proc.kill('SIGKILL'), stopTimeoutMs);
+        const timers = [setTimeout(() => proc.kill('SIGKILL'), stopTimeoutMs)];
+        if (smartMs > 0) {
+          proc.kill('SIGTERM');
+          timers.push(setTimeout(() => proc.kill('SIGINT'), smartMs));
+        } else {
+          proc.kill('SIGINT');
+        }
         await exited;
-        clearTimeout(timer);
+        timers.forEach(clearTimeout);
       }
       status = 'stopped';
       reason = undefined;

@@ -28,7 +28,7 @@ export async function instanceUsage(id: string, instance: HostedInstance | undef
 }
 
 /** Bytes of every file under `dir`; files the server removes meanwhile (recycled WAL, temp files) count as gone. */
-async function directoryBytes(dir: string): Promise<number> {
+export async function directoryBytes(dir: string): Promise<number> {
   const entries = await readdir(dir, { withFileTypes: true }).catch(ignoreMissing([]));
   const sizes = await Promise.all(entries.map(async (entry) => {
     const path = join(dir, entry.name);

@@ -20,12 +20,15 @@ export async function loadHandler(entry: string, exportName: string): Promise<Ha
   return fn as Handler;
 }
 
+/** A handler's Lambda function name here (its context's `functionName`). */
+export const localFunctionName = (entry: string, exportName: string) => `${entry}#${exportName}`;
+
 export async function invokeHandler(entry: string, exportName: string, event: unknown): Promise<unknown> {
   const handler = await loadHandler(entry, exportName);
   const deadline = Date.now() + 900_000;
   const context = {
     awsRequestId: randomUUID(),
-    functionName: `${entry}#${exportName}`,
+    functionName: localFunctionName(entry, exportName),
     functionVersion: '$LATEST',
     invokedFunctionArn: `arn:aws:lambda:us-east-1:000000000000:function:${exportName}`,
     memoryLimitInMB: '1024',

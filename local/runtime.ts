@@ -3,19 +3,20 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnAgent } from '../agent/spawn.ts';
 import { hashToken, issueToken } from '../functions/core/auth.ts';
-import { envNames, workflowNames } from '../functions/core/config.ts';
+import { envNames, workflowNames, type WorkflowName } from '../functions/core/config.ts';
 import { newId } from '../functions/core/ids.ts';
 import { keyEnvNames, LocalKeyWrapper } from '../functions/core/keys.ts';
+import { armStepFault, stepFaultsEnv } from '../functions/core/steps.ts';
 import { Store } from '../functions/core/store.ts';
 import { startAwsEndpoint } from './aws-endpoint.ts';
 import { ensureTable, localDynamoClient, startDynamoLocal } from './dynamodb.ts';
 import { createLocalEventBus } from './event-bus.ts';
 import { startHttpApi } from './http-api.ts';
-import { invokeHandler } from './lambda.ts';
+import { invokeHandler, localFunctionName } from './lambda.ts';
 import { forgetStaleProcesses, rememberProcesses } from './stale.ts';
 import { startSchedules } from './schedules.ts';
 import { createLocalStepFunctions } from './stepfunctions.ts';
-import { loadStateMachines, synthesizeTemplate } from './template.ts';
+import { loadStateMachines, synthesizeTemplate, taskStates, type LocalStateMachine } from './template.ts';
 
 /**
  * The whole service on one machine: DynamoDB Local, the agent with real PostgreSQL servers, the
@@ -32,6 +33,8 @@ export interface RuntimeOptions {
   agentFaults?: boolean;
   /** Shortens state machine waits (tests, benchmarks). */
   fastWaits?: boolean;
+  /** Enables `injectStepFault` (tests). */
+  stepFaults?: boolean;
   log?: (message: string) => void;
 }
 
@@ -48,6 +51,14 @@ export interface Runtime {
   drainEvents(): Promise<void>;
   /** Runs a schedule now (as if fired at `time`, default now), e.g. the operation reaper. */
   fireSchedule(id: string, time?: Date): Promise<unknown>;
+  /** The state machines it runs, from the synthesized template. */
+  readonly stateMachines: readonly LocalStateMachine[];
+  /**
+   * Fails the next run of `workflow`'s Task state `state` for `databaseId` with `InjectedStepFault` (started
+   * with `stepFaults`; the step's Lambda is shared, so the first workflow to run it for that database takes
+   * the fault). Returns a function that disarms the fault and tells whether it fired.
+   */
+  injectStepFault(fault: { workflow: WorkflowName; state: string; databaseId: string }): () => boolean;
   stop(): Promise<void>;
 }
 
@@ -94,8 +105,9 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
 
     const bus = createLocalEventBus({ onError: (error) => log(`event delivery failed: ${(error as Error).message}`) });
     const { template } = await synthesizeTemplate({ bundle: false });
+    const stateMachines = loadStateMachines(template);
     const stepFunctions = createLocalStepFunctions({
-      stateMachines: loadStateMachines(template),
+      stateMachines,
       invoke: invokeHandler,
       overrides: options.fastWaits ? { waitTimeOverrides: 50 } : undefined,
     });
@@ -121,6 +133,8 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       [envNames.agentSecret]: agentSecret,
       ...Object.fromEntries(workflowNames.map((name) => [envNames.stateMachineArn(name), stepFunctions.stateMachineArn(name)])),
     });
+    if (options.stepFaults) process.env[stepFaultsEnv] = '1';
+    else delete process.env[stepFaultsEnv];
 
     const client = localDynamoClient(dynamo.endpoint);
     await ensureTable(client, tableName);
@@ -153,6 +167,14 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       tableName,
       drainEvents: () => bus.drain(),
       fireSchedule: (id, time) => scheduler.fire(id, time),
+      stateMachines,
+      injectStepFault({ workflow, state, databaseId }) {
+        const machine = stateMachines.find((m) => m.name === workflow)!;
+        const resource = taskStates(machine.definition).find(([name]) => name === state)?.[1];
+        if (!resource) throw new Error(`${workflow} has no Task state ${state}`);
+        const { entry, handler } = machine.tasks[resource];
+        return armStepFault({ functionName: localFunctionName(entry, handler), databaseId, message: `injected fault at ${workflow}.${state}` });
+      },
       stop,
     };
   } catch (error) {

@@ -56,7 +56,9 @@ describe('a database, created and deleted', () => {
 
   it('records the provisioning steps with timings', () => {
     expect(shop.operation.kind).toBe('provision');
-    expect(shop.operation.steps.map((s: { name: string }) => s.name)).toEqual(['create data key', 'create server', 'wait until healthy']);
+    expect(shop.operation.steps.map((s: { name: string }) => s.name)).toEqual([
+      'create data key', 'create server', 'wait until healthy', 'add replica', 'wait until the replica caught up',
+    ]);
     for (const step of shop.operation.steps) {
       expect(step.status).toBe('succeeded');
       expect(Date.parse(step.finishedAt)).toBeGreaterThanOrEqual(Date.parse(step.startedAt));

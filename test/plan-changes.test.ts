@@ -6,6 +6,7 @@ import { type ApiClient, apiClient, newTenant } from './helpers/api.ts';
 import { agentCaller } from './helpers/agent.ts';
 import { dbplane, succeeded } from './helpers/cli.ts';
 import { connect, createRunning, withConnection } from './helpers/databases.ts';
+import { probeWrites } from './helpers/probe.ts';
 import { startTestRuntime } from './helpers/runtime.ts';
 
 /** Plan changes of one node end to end: real agent, real PostgreSQL restarted on the target plan's settings. */
@@ -135,7 +136,8 @@ describe('plan changes of a one-node database', () => {
     expect(operation.kind).toBe('change_plan');
     expect(operation.input).toEqual({ fromPlan: 'starter-512', toPlan: 'starter-2048' });
     expect(operation.steps.map((s: { name: string; status: string }) => [s.name, s.status])).toEqual([
-      ['precheck plan', 'succeeded'], ['remove replica', 'succeeded'], ['resize server', 'succeeded'], ['wait until healthy', 'succeeded'],
+      ['precheck plan', 'succeeded'], ['remove replica', 'succeeded'], ['resize the replica', 'succeeded'], ['switch over to the replica', 'succeeded'],
+      ['resize server', 'succeeded'], ['wait until healthy', 'succeeded'],
       ['add replica', 'succeeded'], ['wait until the replica caught up', 'succeeded'], ['verify plan', 'succeeded'],
     ]);
     const database = (await alice.api.get(`/databases/${shop.id}`)).body;
@@ -213,7 +215,7 @@ describe('plan changes of a one-node database', () => {
     expect(await serverSettings()).toEqual(planSettings('starter-512'));
   });
 
-  it('changes starter-512 → business-1024 with a caught-up streaming replica, and back to starter-512 without it; same URL, rows intact', async () => {
+  it('changes starter-512 → business-1024 (a caught-up replica added) → business-2048 → business-1024 (rolling, through a switchover each: no failed write) → starter-512; same URL, rows intact', async () => {
     const up = await changePlan(alice.api, 'business-1024');
     const business = (await alice.api.get(`/databases/${shop.id}`)).body;
     const replica = business.nodes?.find((n: { role: string }) => n.role === 'replica');
@@ -221,6 +223,18 @@ describe('plan changes of a one-node database', () => {
       rows: (await client.query<{ rows: number }>('SELECT (SELECT count(*)::int FROM items) + (SELECT count(*)::int FROM customers) AS rows')).rows[0].rows,
       inRecovery: (await client.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')).rows[0].r,
     }));
+    await withClient((client) => client.query('CREATE TABLE probe (id int PRIMARY KEY)'));
+    const rolled = [];
+    for (const [plan, firstId] of [['business-2048', 1], ['business-1024', 100_000]] as const) {
+      const before = (await alice.api.get(`/databases/${shop.id}`)).body;
+      const probe = probeWrites((n) => withClient((client) => client.query(`INSERT INTO probe VALUES (${n})`)), { firstId });
+      const operation = await changePlan(alice.api, plan);
+      const seen = await probe.stop();
+      const after = (await alice.api.get(`/databases/${shop.id}`)).body;
+      const probed = await withClient(async (client) => (await client.query<{ id: number }>(`SELECT id FROM probe WHERE id >= ${firstId} ORDER BY id`)).rows.map((r) => r.id));
+      rolled.push({ plan, operation, before, after, seen, probed, settings: await serverSettings() });
+    }
+    await withClient((client) => client.query('DROP TABLE probe'));
     const down = await changePlan(alice.api, 'starter-512');
     const starter = (await alice.api.get(`/databases/${shop.id}`)).body;
 
@@ -232,9 +246,32 @@ describe('plan changes of a one-node database', () => {
       { role: 'replica', port: expect.any(Number), status: 'running', lagBytes: expect.any(Number) },
     ]);
     expect(onReplica).toEqual({ rows: rowsBefore.rows, inRecovery: true });
+    for (const { plan, operation, before, after, seen, probed, settings } of rolled) {
+      expect(operation.status, operation.error).toBe('succeeded');
+      expect(operation.steps.map((s: { name: string }) => s.name)).toEqual(expect.arrayContaining(['resize the replica', 'switch over to the replica']));
+      // The replica became the primary, the old primary its replica: the same two servers, roles swapped.
+      expect(after.nodes.map((n: { port: number }) => n.port)).toEqual(before.nodes.map((n: { port: number }) => n.port).reverse());
+      expect(after).toMatchObject({ plan, status: 'running', url: shop.database.url });
+      expect(settings, plan).toEqual(planSettings(plan));
+      // Every write the probe saw acknowledged is there, none failed, and connections waited less than a few seconds.
+      expect(seen.failures, plan).toEqual([]);
+      expect(probed, plan).toEqual(seen.acknowledged);
+      expect(seen.longestStallMs, plan).toBeLessThan(3_000);
+    }
     expect(down.status, down.error).toBe('succeeded');
     expect(starter).toMatchObject({ plan: 'starter-512', status: 'running', url: shop.database.url });
     expect(starter.nodes).toEqual([{ role: 'primary', port: expect.any(Number), status: 'running' }]);
     expect(await userTables()).toEqual(rowsBefore);
+  });
+
+  it('creates a database on a business plan with two nodes: a primary and a caught-up replica', async () => {
+    const created = await createRunning(bob.api, 'ledger', 'business-1024');
+    const database = (await bob.api.get(`/databases/${created.id}`)).body;
+
+    expect(database).toMatchObject({ plan: 'business-1024', status: 'running' });
+    expect(database.nodes).toEqual([
+      { role: 'primary', port: expect.any(Number), status: 'running' },
+      { role: 'replica', port: expect.any(Number), status: 'running', lagBytes: 0 },
+    ]);
   });
 });

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
+import { probeWrites } from './helpers/probe.ts';
 
 describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
   const secret = 'test-secret';
@@ -97,6 +98,84 @@ describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
       const found = await query<{ id: number }>(after.port, 'SELECT id FROM notes WHERE id = 4').catch(() => []);
       return found.length === 1 ? found : undefined;
     })).toEqual([{ id: 4 }]);
+  });
+
+  /** New connections through the gateway, one committed INSERT each, every 20 ms until stopped: what a client sees. */
+  const probeNotes = (gatewayPort: number, firstId: number) =>
+    probeWrites((n) => query(gatewayPort, `INSERT INTO notes VALUES (${n}, 'probe')`), { firstId });
+
+  const settingOn = async (port: number, name: string) => (await query<{ value: string }>(port, `SELECT current_setting('${name}') AS value`))[0]!.value;
+
+  it('switches over: the replica becomes the primary behind the same gateway, keeping every acknowledged write', async () => {
+    const before = await getInstance();
+    const oldReplica = (await replicaNode())!;
+    const probe = probeNotes(before.gatewayPort, 1000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+
+    const switched = await call('POST', `/v1/instances/${id}/switchover`, { id: 'first' });
+    const retried = await call('POST', `/v1/instances/${id}/switchover`, { id: 'first' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const { longestStallMs } = await probe.stop();
+    const after = await getInstance();
+    const rows = await query<{ id: number }>(after.gatewayPort, 'SELECT id FROM notes WHERE id BETWEEN 1000 AND 99999');
+    const rejoined = await eventually(async () => {
+      const node = await replicaNode();
+      return node?.status === 'running' && node.lagBytes === 0 ? node : undefined;
+    }, 30_000);
+    const onReplica = await eventually(async () => {
+      const found = await query<{ id: number }>(rejoined.port, 'SELECT id FROM notes WHERE id BETWEEN 1000 AND 99999');
+      return found.length === rows.length ? found : undefined;
+    });
+
+    expect(switched.status).toBe(200);
+    expect(Instance.parse(retried.body).port).toBe(oldReplica.port);
+    expect(after.port).toBe(oldReplica.port);
+    expect(rejoined.port).toBe(before.port);
+    expect(after.gatewayPort).toBe(before.gatewayPort);
+    expect(probe.failures).toEqual([]);
+    expect(probe.acknowledged.length).toBeGreaterThan(10);
+    expect(rows.map((r) => r.id).sort((a, b) => a - b)).toEqual(probe.acknowledged);
+    expect(onReplica).toHaveLength(rows.length);
+    expect(longestStallMs).toBeLessThan(2_000);
+    expect(await settingOn(after.gatewayPort, 'port')).toBe(String(after.port));
+    expect(await slots()).toEqual(['dbplane_replica']);
+  });
+
+  it('rolls a change to smaller settings: replica first, switchover, then the primary, with no failed write', async () => {
+    const smaller = { ...spec, settings: { shared_buffers: '16MB', max_connections: '15' } };
+    const { gatewayPort } = await getInstance();
+    const probe = probeNotes(gatewayPort, 100_000);
+
+    const replicaFirst = await call('PUT', `/v1/instances/${id}?restart=replica`, smaller);
+    const replicaRestarted = await eventually(async () => {
+      const node = await replicaNode();
+      return node?.status === 'running' && node.lagBytes !== undefined && await settingOn(node.port, 'shared_buffers') === '16MB' ? node : undefined;
+    }, 30_000);
+    const primaryMeanwhile = await settingOn(gatewayPort, 'max_connections');
+    // A hot standby may not allow fewer connections than its primary: it keeps 20 until the primary has 15.
+    const replicaMeanwhile = await settingOn(replicaRestarted.port, 'max_connections');
+    const switched = await call('POST', `/v1/instances/${id}/switchover`, { id: 'second' });
+    const ensured = await call('PUT', `/v1/instances/${id}`, smaller);
+    await eventually(async () => ((await getInstance()).status === 'running' ? true : undefined), 30_000);
+    const replica = await eventually(async () => {
+      const node = await replicaNode();
+      return node?.status === 'running' && node.lagBytes === 0 && await settingOn(node.port, 'max_connections') === '15' ? node : undefined;
+    }, 30_000);
+    const { longestStallMs } = await probe.stop();
+
+    expect(replicaFirst.status).toBe(200);
+    expect(primaryMeanwhile).toBe('20');
+    expect(replicaMeanwhile).toBe('20');
+    expect(switched.status).toBe(200);
+    expect(ensured.status).toBe(200);
+    expect(await settingOn(gatewayPort, 'max_connections')).toBe('15');
+    expect(await settingOn(gatewayPort, 'shared_buffers')).toBe('16MB');
+    expect(await settingOn(replica.port, 'shared_buffers')).toBe('16MB');
+    expect(probe.failures).toEqual([]);
+    const rows = await query<{ id: number }>(gatewayPort, 'SELECT id FROM notes WHERE id >= 100000 ORDER BY id');
+    expect(rows.map((r) => r.id)).toEqual(probe.acknowledged);
+    expect(longestStallMs).toBeLessThan(3_000);
+    spec = smaller;
   });
 
   it('drops the slot and the files when the replica is deleted', async () => {

@@ -127,16 +127,21 @@ describe('running locally through the Step Functions endpoint', () => {
 
   const sequence = () => calls.map((c) => c.step);
 
-  it('provisions: succeeds after one not-ready health check', async () => {
+  it('provisions: succeeds after one not-ready health check, and waits for the replica (there is one on a 2-node plan)', async () => {
     script.CheckInstance = (payload, call) => ({ ready: call >= 2, attempts: (payload.health?.attempts ?? 0) + 1 });
+    script.CheckReplica = () => ({ ready: true, attempts: 1 });
 
     const execution = await finished(await start('Provision', 'op-happy'));
 
     expect(execution.status).toBe('SUCCEEDED');
-    expect(sequence()).toEqual(['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'CheckInstance', 'CheckInstance', 'CompleteOperation']);
+    expect(sequence()).toEqual([
+      'BeginOperation', 'CreateDataKey', 'EnsureInstance', 'CheckInstance', 'CheckInstance', 'AddReplica', 'CheckReplica', 'CompleteOperation',
+    ]);
     expect(calls[0].payload).toEqual({ operationId: 'op-happy', databaseId: 'db-op-happy' });
     expect(calls[4].payload.health).toEqual({ ready: false, attempts: 1 });
-    expect(JSON.parse(execution.output!)).toEqual({ operationId: 'op-happy', databaseId: 'db-op-happy', health: { ready: true, attempts: 2 } });
+    expect(JSON.parse(execution.output!)).toEqual({
+      operationId: 'op-happy', databaseId: 'db-op-happy', health: { ready: true, attempts: 2 }, replicaProgress: { ready: true, attempts: 1 },
+    });
   });
 
   it('provisions: a failing EnsureInstance ends in RemoveInstance, FailOperation and FAILED', async () => {
@@ -160,6 +165,7 @@ describe('running locally through the Step Functions endpoint', () => {
       return {};
     };
     script.CheckInstance = () => ({ ready: true, attempts: 1 });
+    script.CheckReplica = () => ({ ready: true, attempts: 1 });
 
     const execution = await finished(await start('Provision', 'op-retried'));
 
@@ -278,7 +284,7 @@ describe('running locally through the Step Functions endpoint', () => {
     expect(calls.at(-1)!.payload.error.Error).toBe('AgentRefused');
   });
 
-  it('changes plan: precheck, replica removed if need be, resize, polls health, replica added and polled until caught up, verifies, completes', async () => {
+  it('changes plan: precheck, replica removed if need be, replica resized and switched over to if rolling, resize, polls health, replica added and polled until caught up, verifies, completes', async () => {
     script.CheckInstance = (payload, call) => ({ ready: call >= 2, attempts: (payload.health?.attempts ?? 0) + 1 });
     script.CheckReplica = (payload, call) => ({ ready: call >= 2, attempts: (payload.replicaProgress?.attempts ?? 0) + 1 });
 
@@ -286,7 +292,7 @@ describe('running locally through the Step Functions endpoint', () => {
 
     expect(execution.status).toBe('SUCCEEDED');
     expect(sequence()).toEqual([
-      'BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'CheckInstance', 'CheckInstance',
+      'BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeReplica', 'Switchover', 'ResizeInstance', 'CheckInstance', 'CheckInstance',
       'AddReplica', 'CheckReplica', 'CheckReplica', 'VerifyPlan', 'CompleteOperation',
     ]);
   });
@@ -310,7 +316,9 @@ describe('running locally through the Step Functions endpoint', () => {
     const execution = await finished(await start('ChangePlan', 'op-plan-fails'));
 
     expect(execution.status).toBe('FAILED');
-    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'CheckInstance', 'RevertPlan', 'FailOperation']);
+    expect(sequence()).toEqual([
+      'BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeReplica', 'Switchover', 'ResizeInstance', 'CheckInstance', 'RevertPlan', 'FailOperation',
+    ]);
     const failed = calls.at(-1)!.payload;
     expect(failed.error.Error).toBe('InstanceFailed');
     expect(failed.cleanupError).toBeUndefined();
@@ -342,7 +350,7 @@ describe('running locally through the Step Functions endpoint', () => {
     const execution = await finished(await start('ChangePlan', 'op-plan-revert-fails'));
 
     expect(execution.status).toBe('FAILED');
-    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'RevertPlan', 'FailOperation']);
+    expect(sequence()).toEqual(['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeReplica', 'Switchover', 'ResizeInstance', 'RevertPlan', 'FailOperation']);
     const failed = calls.at(-1)!.payload;
     expect(failed.error.Error).toBe('AgentRefused');
     expect(failed.cleanupError.Error).toBe('InstanceFailed');

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import type { IncomingMessage } from 'node:http';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -91,6 +91,7 @@ const StoredRestore = z.object({ job: RestoreJob });
 
 const walName = /^[0-9A-Za-z._-]{1,64}$/;
 const walSegment = /^[0-9A-F]{24}$/;
+const walHistory = /^[0-9A-F]{8}\.history$/;
 const walSegmentBytes = 16 * 1024 * 1024;
 /** Folders whose contents a base backup leaves out (as pg_basebackup does): recreated empty by the restore. */
 const emptiedDirs = ['pg_wal', 'pg_replslot', 'pg_dynshmem', 'pg_notify', 'pg_serial', 'pg_snapshots', 'pg_stat_tmp', 'pg_subtrans'];
@@ -99,6 +100,8 @@ const recoveryTimeoutMs = 10 * 60_000;
 const baseKey = (db: string, backupId: string) => `${db}/base/${backupId}.tar.zst.enc`;
 /** zstd level 1: ~5× the speed of gzip -1 here with a better ratio (bench/RESULTS.md); it runs off the main thread. */
 const compress = () => createZstdCompress({ params: { [zlib.ZSTD_c_compressionLevel]: 1 } });
+/** In 1 MiB pieces, not zlib's 16 KiB: far fewer trips through the thread pool and the streams. */
+const decompress = () => createZstdDecompress({ chunkSize: 1024 * 1024 });
 const baseMetaKey = (db: string, backupId: string) => `${db}/base/${backupId}.json`;
 /** The backup's pg_dump (custom format, already compressed: sealed without zstd), next to its tar. */
 const dumpKey = (db: string, backupId: string) => `${db}/base/${backupId}.dump.enc`;
@@ -118,6 +121,8 @@ export function createBackupService(options: BackupServiceOptions) {
   const scratchServers = new Set<ChildProcess>();
   const runningBackups = new Map<string, BackupMeta>();
   const runningRestores = new Map<string, RestoreJob>();
+  /** Settles when a running job (`backup:<db>/<id>`, `restore:<id>`) has ended and been recorded: what a long poll waits for. */
+  const endings = new Map<string, Promise<void>>();
   const queues = new Map<string, Promise<unknown>>();
   let agentUrl: string | undefined;
 
@@ -128,6 +133,20 @@ export function createBackupService(options: BackupServiceOptions) {
     queues.set(id, settled);
     void settled.then(() => { if (queues.get(id) === settled) queues.delete(id); });
     return result;
+  }
+
+  function track(key: string, ending: Promise<void>): void {
+    endings.set(key, ending);
+    void ending.finally(() => endings.delete(key));
+  }
+
+  /** Returns once the job `key` has ended, or after `seconds`, whichever comes first; at once when it is not running. */
+  async function untilEnded(key: string, seconds: number): Promise<void> {
+    const ending = endings.get(key);
+    if (!ending || seconds <= 0) return;
+    const timer = new AbortController();
+    await Promise.race([ending, sleep(seconds * 1000, undefined, { signal: timer.signal }).catch(() => undefined)]);
+    timer.abort();
   }
 
   function walUrl(databaseId: string): string {
@@ -174,7 +193,7 @@ export function createBackupService(options: BackupServiceOptions) {
   }
 
   /** Answers only once every copy is durable and verified: PostgreSQL retries archive_command until then. */
-  async function archiveWal(databaseId: string, file: string, body: IncomingMessage): Promise<void> {
+  async function archiveWal(databaseId: string, file: string, body: Readable): Promise<void> {
     if (!walName.test(file)) throw new BadRequest(`not a WAL file name: ${file}`);
     let sealing = keys.sealing(databaseId);
     const dataKey = options.instances().describe(databaseId)?.spec.dataKey;
@@ -199,7 +218,7 @@ export function createBackupService(options: BackupServiceOptions) {
     const what = `WAL file ${file} of ${databaseId}`;
     return store.readFirstGood(walKey(databaseId, file), parsed.data.sha256, what, async (copy, zone) => {
       const chunks: Buffer[] = [];
-      await pipeline(copy, createDecryptor(keys.opener(databaseId), `${what} in ${zone}`), createZstdDecompress(), async (source: AsyncIterable<Buffer>) => {
+      await pipeline(copy, createDecryptor(keys.opener(databaseId), `${what} in ${zone}`), decompress(), async (source: AsyncIterable<Buffer>) => {
         for await (const chunk of source) chunks.push(chunk);
       });
       return Buffer.concat(chunks);
@@ -258,10 +277,10 @@ export function createBackupService(options: BackupServiceOptions) {
       };
       runningBackups.set(`${id}/${backupId}`, meta);
       await store.putJson(baseMetaKey(id, backupId), meta);
-      void exclusive(id, () => runBackup(meta)).then(
+      track(`backup:${id}/${backupId}`, exclusive(id, () => runBackup(meta)).then(
         ({ job, startWal }) => finishBackup(meta, job, startWal),
         (error: unknown) => finishBackup(meta, { ...meta.job, status: 'failed', finishedAt: new Date().toISOString(), copies: [], reason: errorMessage(error) }),
-      );
+      ));
       return { created: true, job: meta.job };
     });
   }
@@ -428,11 +447,11 @@ export function createBackupService(options: BackupServiceOptions) {
 
   /** For a backup recorded before its start segment was: read it from the backup_label in its archive, and record it. */
   async function recordStartWal(meta: BackupMeta): Promise<string> {
-    const label = await readBackup(meta, async (tar) => {
-      const child = spawn('tar', ['-x', '-O', '-f', '-', './backup_label'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const label = await readBackup(meta, async (tarZst) => {
+      const child = spawn('tar', ['-x', '--zstd', '-O', '-f', '-', './backup_label'], { stdio: ['pipe', 'pipe', 'pipe'] });
       const chunks: Buffer[] = [];
       child.stdout!.on('data', (chunk: Buffer) => chunks.push(chunk));
-      await Promise.all([pipeline(tar, child.stdin!), exitOf(child, 'tar', [0])]);
+      await Promise.all([pipeline(tarZst, child.stdin!), exitOf(child, 'tar', [0])]);
       return Buffer.concat(chunks).toString('utf8');
     });
     const startWal = startWalOf(label);
@@ -441,14 +460,19 @@ export function createBackupService(options: BackupServiceOptions) {
     return startWal;
   }
 
-  /** The decrypted tar of a backup, from its first good copy, handed to `consume`; fails naming the backup when no copy is good. */
-  async function readBackup<T>(meta: BackupMeta, consume: (tar: Readable) => Promise<T>): Promise<T> {
+  /**
+   * The decrypted tar of a backup, from its first good copy, handed to `consume`; fails naming the backup
+   * when no copy is good. Still zstd-compressed: `tar --zstd` decompresses it in a process of its own
+   * (the other core), while this one hashes and decrypts. Checked as it is read (see readFirstGood).
+   */
+  async function readBackup<T>(meta: BackupMeta, consume: (tarZst: Readable) => Promise<T>): Promise<T> {
     const { databaseId, id } = meta.job;
-    return readSealed(meta, baseKey(databaseId, id), meta.job.sha256!, `backup ${id} of ${databaseId}`, true, consume);
+    return readSealed(meta, baseKey(databaseId, id), meta.job.sha256!, `backup ${id} of ${databaseId}`, { unzstd: false, verify: 'while' }, consume);
   }
 
   async function readSealed<T>(
-    meta: BackupMeta, key: string, sha256: string, what: string, compressed: boolean, consume: (plain: Readable) => Promise<T>,
+    meta: BackupMeta, key: string, sha256: string, what: string, how: { unzstd: boolean; verify: 'while' | 'before' },
+    consume: (plain: Readable) => Promise<T>,
   ): Promise<T> {
     const { databaseId } = meta.job;
     await keys.add(databaseId, meta.wrappedKey, false);
@@ -458,12 +482,12 @@ export function createBackupService(options: BackupServiceOptions) {
       // Both sides settle before the next copy is tried, so nothing of a bad copy is still being written.
       const [consumed, read] = await Promise.allSettled([
         consume(plain),
-        compressed ? pipeline(copy, decryptor, createZstdDecompress(), plain) : pipeline(copy, decryptor, plain),
+        how.unzstd ? pipeline(copy, decryptor, decompress(), plain) : pipeline(copy, decryptor, plain),
       ]);
       if (read.status === 'rejected') throw read.reason;
       if (consumed.status === 'rejected') throw consumed.reason;
       return consumed.value;
-    });
+    }, how.verify);
   }
 
   // ---- restores
@@ -499,10 +523,10 @@ export function createBackupService(options: BackupServiceOptions) {
       const job: RestoreJob = { id: restoreId, instanceId: id, status: 'running', startedAt: new Date().toISOString() };
       runningRestores.set(restoreId, job);
       await saveRestore(job);
-      void exclusive(id, () => runRestore(job, request)).then(
+      track(`restore:${restoreId}`, exclusive(id, () => runRestore(job, request)).then(
         (recoveredTo) => finishRestore({ ...job, status: 'completed', finishedAt: new Date().toISOString(), recoveredTo }),
         (error: unknown) => finishRestore({ ...job, status: 'failed', finishedAt: new Date().toISOString(), reason: errorMessage(error) }),
-      );
+      ));
       return { created: true, job };
     });
   }
@@ -545,10 +569,10 @@ export function createBackupService(options: BackupServiceOptions) {
     const paths: ServerPaths = { data: join(scratch, 'data'), log: join(scratch, 'log'), socket: join(socketsDir, String(port)) };
     try {
       for (const dir of [scratch, paths.log, paths.socket]) await makePrivateDir(dir, runAs);
-      await readBackup(meta, async (tar) => {
+      await readBackup(meta, async (tarZst) => {
         await rm(paths.data, { recursive: true, force: true });
         await makePrivateDir(paths.data, runAs);
-        await untar(tar, paths.data);
+        await untar(tarZst, paths.data);
       });
       log('info', 'restore unpacked', { restore: job.id, backup: meta.job.id });
       for (const dir of emptiedDirs) await makePrivateDir(join(paths.data, dir), runAs);
@@ -558,15 +582,26 @@ export function createBackupService(options: BackupServiceOptions) {
         : pointInTime
           ? [`recovery_target_time = ${quoteSetting(pgTimestamp(pointInTime))}`, "recovery_target_action = 'promote'"]
           : ["recovery_target = 'immediate'", "recovery_target_action = 'promote'"];
+      // To an instant, WAL past the backup comes from the source's archive (opened with the source's key).
+      // To the backup itself, all it reads is in pg_wal already: the backup's WAL (in the tar) and the
+      // archive's timeline histories, written there now, from which the new timeline is chosen. PostgreSQL
+      // wants a restore_command all the same, and reads pg_wal when it fails: `false` spares a node
+      // process and a decryption per segment and per timeline probed.
+      const restoreCommand = pointInTime ? await walCommand('fetch', source.databaseId, '%p') : 'false';
+      if (!pointInTime) await copyHistories(source.databaseId, join(paths.data, 'pg_wal'));
       await writeServerConfig(paths, port, spec.settings, runAs, [
-        // New WAL (from the promotion on) goes to the restored database's own archive, under its own key.
+        // New WAL (from the promotion on) goes to the restored database's own archive, under its own key:
         ...await serverSettings(job.instanceId, spec.dataKey),
-        // WAL to replay comes from the source's archive, opened with the source's key.
-        `restore_command = ${quoteSetting(await walCommand('fetch', source.databaseId, '%p'))}`,
+        // ...though not from this scratch server, which would push it while shutting down (and first switch
+        // to a new segment to push that too): it marks files ready, the restored instance pushes them, and
+        // the new timeline's history goes now (archiveNewHistory), so the next restore sees that timeline.
+        "archive_command = ''",
+        `restore_command = ${quoteSetting(restoreCommand)}`,
         `recovery_target_timeline = ${quoteSetting(await timelineAt(source.databaseId, pointInTime))}`,
         ...target,
       ]);
       const lastReplayed = await recover(install, paths, port, `backup ${meta.job.id}`);
+      if (spec.dataKey) await archiveNewHistory(job.instanceId, join(paths.data, 'pg_wal'));
       log('info', 'restore recovered', { restore: job.id, backup: meta.job.id });
 
       const fault = faults.take('restore', job.instanceId);
@@ -581,6 +616,30 @@ export function createBackupService(options: BackupServiceOptions) {
     }
   }
 
+  /** Writes every timeline history file of the archive of `databaseId` into `dir`, decrypted, for the server's user. */
+  async function copyHistories(databaseId: string, dir: string): Promise<void> {
+    for (const name of await store.list(`${databaseId}/wal`)) {
+      const file = name.slice(0, -'.enc'.length);
+      if (!walHistory.test(file) || !name.endsWith('.enc')) continue;
+      const content = await fetchWal(databaseId, file);
+      if (content) await writeOwned(join(dir, file), content);
+    }
+  }
+
+  /**
+   * Pushes the history file of the timeline a scratch server's promotion started (marked ready to
+   * archive in `walDir`) to the archive of `databaseId`, and marks it done, as PostgreSQL's archiver would.
+   */
+  async function archiveNewHistory(databaseId: string, walDir: string): Promise<void> {
+    const status = join(walDir, 'archive_status');
+    for (const entry of await readdir(status)) {
+      const file = entry.slice(0, -'.ready'.length);
+      if (!entry.endsWith('.ready') || !walHistory.test(file)) continue;
+      await archiveWal(databaseId, file, createReadStream(join(walDir, file)));
+      await rename(join(status, entry), join(status, `${file}.done`));
+    }
+  }
+
   /**
    * The timeline to follow. Every restore in place starts a new timeline (its history file archived
    * then), branching off where that restore stopped. To a backup's own consistent point: the backup's
@@ -589,7 +648,7 @@ export function createBackupService(options: BackupServiceOptions) {
    */
   async function timelineAt(databaseId: string, pointInTime: string | undefined): Promise<string> {
     if (!pointInTime) return 'current';
-    const histories = (await store.list(`${databaseId}/wal`)).filter((n) => /^[0-9A-F]{8}\.history\.enc$/.test(n));
+    const histories = (await store.list(`${databaseId}/wal`)).filter((n) => n.endsWith('.enc') && walHistory.test(n.slice(0, -'.enc'.length)));
     let timeline = 0;
     for (const name of histories) {
       const file = name.slice(0, -'.enc'.length);
@@ -629,14 +688,14 @@ export function createBackupService(options: BackupServiceOptions) {
     }
   }
 
-  async function untar(tar: Readable, into: string): Promise<void> {
-    const child = spawn('tar', ['-x', '-f', '-', '-C', into], { stdio: ['pipe', 'ignore', 'pipe'], ...(runAs ?? {}) });
-    const results = await Promise.allSettled([pipeline(tar, child.stdin!), exitOf(child, 'tar', [0])]);
+  async function untar(tarZst: Readable, into: string): Promise<void> {
+    const child = spawn('tar', ['-x', '--zstd', '-f', '-', '-C', into], { stdio: ['pipe', 'ignore', 'pipe'], ...(runAs ?? {}) });
+    const results = await Promise.allSettled([pipeline(tarZst, child.stdin!), exitOf(child, 'tar', [0])]);
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
   }
 
-  async function writeOwned(path: string, content: string): Promise<void> {
+  async function writeOwned(path: string, content: string | Buffer): Promise<void> {
     await writeFile(path, content, { mode: 0o600 });
     if (runAs) await chown(path, runAs.uid, runAs.gid);
   }
@@ -677,7 +736,7 @@ export function createBackupService(options: BackupServiceOptions) {
         } finally {
           await client.end().catch(() => undefined);
         }
-        await sleep(200);
+        await sleep(100); // each check is a connection; the end of recovery is seen within 0.1 s
       }
     } finally {
       if (gone === undefined) {
@@ -730,7 +789,9 @@ export function createBackupService(options: BackupServiceOptions) {
     archiveWal,
     fetchWal,
     startBackup,
-    async getBackup(databaseId: string, backupId: string): Promise<BackupJob | undefined> {
+    /** The job; with `waitSeconds`, a running one once it ended or that long later (a long poll). */
+    async getBackup(databaseId: string, backupId: string, waitSeconds = 0): Promise<BackupJob | undefined> {
+      await untilEnded(`backup:${databaseId}/${backupId}`, waitSeconds);
       return (await findBackup(databaseId, backupId))?.job;
     },
     async deleteBackup(databaseId: string, backupId: string): Promise<void> {
@@ -745,7 +806,11 @@ export function createBackupService(options: BackupServiceOptions) {
     },
     summary,
     startRestore,
-    getRestore: findRestore,
+    /** Like getBackup. */
+    async getRestore(id: string, restoreId: string, waitSeconds = 0): Promise<RestoreJob | undefined> {
+      await untilEnded(`restore:${restoreId}`, waitSeconds);
+      return findRestore(id, restoreId);
+    },
     /**
      * Checks a download URL's signature and expiry (403 otherwise), then streams the backup decrypted.
      * The signature covers database, backup and expiry, not the format: both formats are the backup it authorizes.
@@ -771,7 +836,9 @@ export function createBackupService(options: BackupServiceOptions) {
         return {
           filename: `${databaseId}-${backupId}.tar`,
           contentType: 'application/x-tar',
-          open: (into) => readBackup(meta, (tar) => pipeline(tar, into)),
+          // Checked before: a download passes bytes on as they come.
+          open: (into) => readSealed(meta, baseKey(databaseId, backupId), meta.job.sha256!, `backup ${backupId} of ${databaseId}`,
+            { unzstd: true, verify: 'before' }, (tar) => pipeline(tar, into)),
         };
       }
       const dump = meta.job.logicalDump;
@@ -779,8 +846,8 @@ export function createBackupService(options: BackupServiceOptions) {
       return {
         filename: `${databaseId}-${backupId}.dump`,
         contentType: 'application/octet-stream',
-        open: (into) => readSealed(meta, dumpKey(databaseId, backupId), dump.sha256, `pg_dump of backup ${backupId} of ${databaseId}`, false,
-          (plain) => pipeline(plain, into)),
+        open: (into) => readSealed(meta, dumpKey(databaseId, backupId), dump.sha256, `pg_dump of backup ${backupId} of ${databaseId}`,
+          { unzstd: false, verify: 'before' }, (plain) => pipeline(plain, into)),
       };
     },
   };

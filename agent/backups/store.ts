@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { errorMessage, log } from '../log.ts';
 
 /** One stored copy, as read back after writing. */
@@ -123,15 +123,33 @@ export class ObjectStore {
   /**
    * Hands the first copy whose bytes hash to `sha256` to `consume` (which decrypts it); a copy that does
    * not match, or that `consume` rejects, is logged and skipped. Fails, naming `what`, when no copy is good.
+   *
+   * `verify: 'while'` (one pass): the copy is hashed as `consume` reads it, and its stream fails at its
+   * end when the digest differs, so `consume` must keep what it read to itself until the stream ended
+   * (a restore unpacks into a scratch folder). `'before'`: a pass over the copy first, for a consumer
+   * that passes bytes on as they come (a download).
    */
-  async readFirstGood<T>(key: string, sha256: string, what: string, consume: (copy: Readable, zone: string) => Promise<T>): Promise<T> {
+  async readFirstGood<T>(
+    key: string, sha256: string, what: string, consume: (copy: Readable, zone: string) => Promise<T>, verify: 'while' | 'before' = 'while',
+  ): Promise<T> {
     const problems: string[] = [];
     for (const zone of zones) {
       const path = this.path(zone, key);
+      const mismatch = (actual: string) => new Error(`${what} in ${zone}: SHA-256 ${actual} does not match the recorded ${sha256}`);
       try {
-        const actual = await sha256Of(path);
-        if (actual !== sha256) throw new Error(`${what} in ${zone}: SHA-256 ${actual} does not match the recorded ${sha256}`);
-        return await consume(createReadStream(path), zone);
+        if (verify === 'before') {
+          const actual = await sha256Of(path);
+          if (actual !== sha256) throw mismatch(actual);
+          return await consume(createReadStream(path, { highWaterMark: readBytes }), zone);
+        }
+        // Opened first, so a missing copy fails here (ENOENT) rather than inside `consume`.
+        const file = createReadStream('', { fd: await open(path, 'r'), highWaterMark: readBytes });
+        const copy = pipeline(file, hashedAs(sha256, mismatch), () => undefined);
+        try {
+          return await consume(copy, zone);
+        } finally {
+          copy.destroy(); // closes the file when `consume` gave up before the end
+        }
       } catch (error) {
         const problem = (error as NodeJS.ErrnoException).code === 'ENOENT' ? `${what} in ${zone}: missing` : errorMessage(error);
         log('warn', 'skipping a bad copy', { object: key, zone, problem });
@@ -163,10 +181,28 @@ export class ObjectStore {
   }
 }
 
+/** Reads in large pieces: fewer turns of the event loop per byte (the default is 64 KiB). */
+const readBytes = 1024 * 1024;
+
 export async function sha256Of(path: string): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  for await (const chunk of createReadStream(path, { highWaterMark: readBytes })) hash.update(chunk as Buffer);
   return hash.digest('hex');
+}
+
+/** Passes bytes through, hashing them; fails at the end when their SHA-256 is not `expected`. */
+function hashedAs(expected: string, mismatch: (actual: string) => Error): Transform {
+  const hash = createHash('sha256');
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback: TransformCallback) {
+      hash.update(chunk);
+      callback(null, chunk);
+    },
+    flush(callback) {
+      const actual = hash.digest('hex');
+      callback(actual === expected ? null : mismatch(actual));
+    },
+  });
 }
 
 async function syncDir(path: string): Promise<void> {

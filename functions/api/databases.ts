@@ -1,6 +1,7 @@
 import { createDatabase, databaseNodes, deleteDatabase, findDatabase } from '#core/databases.ts';
 import { apiHandler, json } from '#core/http.ts';
-import { databaseView } from '#core/model.ts';
+import { findPlan } from '#core/catalog.ts';
+import { databaseView, resourceLimits } from '#core/model.ts';
 import { apiDeps, backupDeps } from './deps.ts';
 import { CreateDatabaseBody, DeleteDatabaseQuery, IdParams } from './schemas.ts';
 
@@ -17,7 +18,8 @@ export const list = apiHandler({ access: 'account' }, async ({ caller, store }) 
 export const get = apiHandler({ access: 'account', params: IdParams }, async ({ caller, params, store }) => {
   const database = await findDatabase(store, caller, params.id);
   const nodes = await databaseNodes((await backupDeps()).agent, database);
-  return json(200, { ...databaseView(database), ...(nodes ? { nodes } : {}) });
+  const limits = resourceLimits(findPlan(database.plan)!, await store.listHosts());
+  return json(200, { ...databaseView(database), ...(nodes ? { nodes } : {}), limits });
 });
 
 export const remove = apiHandler({ access: 'account', params: IdParams, query: DeleteDatabaseQuery, idempotent: true }, async ({ caller, params, query }) => {

@@ -55,7 +55,7 @@ export const PlanChangePreview = z.object({
   from: z.string(),
   to: z.string(),
   steps: z.array(z.string()).describe('what the change does, in order'),
-  expectedUnavailabilitySeconds: z.number().describe('an estimate: one node restarts on the new settings'),
+  expectedUnavailabilitySeconds: z.number().describe('an estimate of how long new connections may wait at the gateway (held, not refused) during the change'),
 });
 export const PlanChangeStarted = z.object({
   database: DatabaseView,

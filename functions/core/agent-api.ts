@@ -8,7 +8,8 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  * `Authorization: Bearer <DBPLANE_AGENT_SECRET>`; every mutating call is an idempotent "ensure".
  *
  *   GET    /v1/host                 → HostInfo
- *   PUT    /v1/instances/{id}       EnsureInstance → Instance   (creates or converges; never waits for health)
+ *   PUT    /v1/instances/{id}       EnsureInstance → Instance   (creates or converges; never waits for health;
+ *          `?restart=replica`: records the spec but restarts only the replica on it, the first step of a rolling change)
  *   GET    /v1/instances/{id}       → Instance | 404
  *   DELETE /v1/instances/{id}       → 204 (stops the server and removes its data; absent is fine)
  *   PUT    /v1/instances/{id}/replica → Instance (ensures a streaming replica of the instance on this host: a second
@@ -16,22 +17,27 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *          over 127.0.0.1 as the role dbplane_replication through the physical slot dbplane_replica; supervised
  *          like the primary, on its own port; idempotent; never waits for it to catch up: poll `nodes[].lagBytes`)
  *   DELETE /v1/instances/{id}/replica → 204 (stops the replica, drops its slot, removes its files; absent is fine)
+ *   POST   /v1/instances/{id}/switchover Switchover → Instance (waits for the replica to catch up, holds new connections at the
+ *          gateway, shuts the primary down cleanly, promotes the replica, sends connections to it, then makes the old
+ *          primary its replica; 409 without a replica that streams; answers once done, in seconds; a retry with the
+ *          same id answers without switching back)
  *   GET    /v1/instances/{id}/usage → InstanceUsage (what a plan change checks: size of the data directory,
- *          client connections from pg_stat_activity, and the live values of the settings the spec manages)
+ *          client connections from pg_stat_activity, the live values of the settings the spec manages, and the
+ *          last disk quota check)
  *   PUT    /v1/faults               Fault → 204 (only when the agent runs with fault injection enabled)
  *   DELETE /v1/faults               → 204
  *
  * Backups (see backups below). A database's archive (base backups and WAL) is named by the database
  * id, which is also its instance id, and outlives the instance (retention after deletion):
  *   PUT    /v1/instances/{id}/backups/{backupId}    StartBackup → BackupJob   (starts in the background; idempotent)
- *   GET    /v1/archives/{id}/backups/{backupId}     → BackupJob | 404
+ *   GET    /v1/archives/{id}/backups/{backupId}[?waitSeconds=N]  → BackupJob | 404 (long poll: see JobWait)
  *   DELETE /v1/archives/{id}/backups/{backupId}     → 204 (every copy; absent is fine)
  *   GET    /v1/archives/{id}                        → ArchiveSummary (WAL archived so far)
  *   POST   /v1/archives/{id}/wal-retention          WalRetention → WalRetentionResult (drops WAL no kept backup needs)
  *   GET    /v1/instances/{id}/tables                → TableStats (row count of every user table, read in full)
  *   DELETE /v1/archives/{id}                        → 204 (purge: every backup and WAL segment of the database)
  *   PUT    /v1/instances/{id}/restores/{restoreId}  StartRestore → RestoreJob (starts in the background; idempotent)
- *   GET    /v1/instances/{id}/restores/{restoreId}  → RestoreJob | 404
+ *   GET    /v1/instances/{id}/restores/{restoreId}[?waitSeconds=N]  → RestoreJob | 404 (long poll: see JobWait)
  *   POST/GET /v1/archives/{id}/wal/{file}           (archive_command / restore_command of the servers only: a
  *          per-database token, never the agent secret)
  *   GET    /v1/downloads/{id}/{backupId}?expires=&signature=[&format=dump]   → the decrypted archive: the base
@@ -43,10 +49,19 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
 export const WrappedKey = z.object({ version: z.number().int().min(1), wrapped: z.string().min(1) });
 export type WrappedKey = z.infer<typeof WrappedKey>;
 
+/** Whether this host holds each server to its plan's share of a resource: `enforced` is never claimed without it. */
+export const LimitEnforcement = z.object({
+  enforced: z.boolean(),
+  /** How it is enforced, or why it is not. */
+  detail: z.string(),
+});
+export type LimitEnforcement = z.infer<typeof LimitEnforcement>;
+
 export const HostInfo = z.object({
   hostId: z.string(),
   versions: z.array(HostVersion),
   volumeEncryption: z.boolean().describe('whether the host can encrypt data volumes (device-mapper)'),
+  limits: z.object({ cpu: LimitEnforcement, memory: LimitEnforcement, disk: LimitEnforcement }),
 });
 export type HostInfo = z.infer<typeof HostInfo>;
 
@@ -67,6 +82,8 @@ export const EnsureInstance = z.object({
    * encrypts every backup and WAL segment with it. Without one, WAL is not archived.
    */
   dataKey: WrappedKey.optional(),
+  /** The plan's disk: beyond it the agent makes the server refuse writes until the data fits again. Absent: no quota. */
+  diskQuotaBytes: z.number().int().positive().optional(),
 });
 export type EnsureInstance = z.infer<typeof EnsureInstance>;
 
@@ -101,6 +118,15 @@ export const Instance = z.object({
 });
 export type Instance = z.infer<typeof Instance>;
 
+/** A disk quota check: `exceeded` means the server refuses writes (until a later check finds the data fits). */
+export const DiskQuota = z.object({
+  limitBytes: z.number().int(),
+  usedBytes: z.number().int(),
+  exceeded: z.boolean(),
+  checkedAt: z.string(),
+});
+export type DiskQuota = z.infer<typeof DiskQuota>;
+
 /**
  * What a running server uses now, for plan changes: the target plan must hold the data directory (with
  * a margin) and the client connections, and after a resize its settings must read back as the plan's.
@@ -112,6 +138,8 @@ export const InstanceUsage = z.object({
   connections: z.number().int(),
   /** `current_setting(name)` of every setting the instance's spec manages (e.g. max_connections, shared_buffers). */
   settings: PostgresSettings,
+  /** The agent's last disk quota check of the primary; absent without a quota or before the first check. */
+  diskQuota: DiskQuota.optional(),
 });
 export type InstanceUsage = z.infer<typeof InstanceUsage>;
 
@@ -135,6 +163,15 @@ export const StartBackup = z.object({
 export type StartBackup = z.infer<typeof StartBackup>;
 
 export const JobStatus = z.enum(['running', 'completed', 'failed']);
+
+/** The longest a GET of a backup or restore job may wait; well under the client's 30 s and the step Lambdas' 60 s. */
+export const maxJobWaitSeconds = 20;
+
+/**
+ * `?waitSeconds=N` on a GET of a backup or restore job: a running job is answered as soon as it ends
+ * (completed or failed), or after N seconds still running. So a poll sees the end at once.
+ */
+export const JobWait = z.coerce.number().int().min(0).max(maxJobWaitSeconds).default(0);
 
 /**
  * A base backup: the data directory copied between pg_backup_start and pg_backup_stop (tar, with the
@@ -223,8 +260,15 @@ export function downloadSignature(secret: string, databaseId: string, backupId: 
 }
 
 /** A test-only hook: make the next matching call fail (e.g. to prove a rollback). */
+/** How a converge restarts servers whose settings changed: all of them, or only the replica (see PUT /v1/instances/{id}). */
+export const RestartScope = z.enum(['all', 'replica']);
+export type RestartScope = z.infer<typeof RestartScope>;
+
+export const Switchover = z.object({ id: z.string().min(1).max(128).describe('names this switchover: a retry with the same id is a no-op') }).strict();
+export type Switchover = z.infer<typeof Switchover>;
+
 export const Fault = z.object({
-  operation: z.enum(['ensureInstance', 'startServer', 'deleteInstance', 'backup', 'restore']),
+  operation: z.enum(['ensureInstance', 'startServer', 'deleteInstance', 'backup', 'restore', 'switchover']),
   instanceId: InstanceId.optional(),
   message: z.string().default('injected fault'),
 });

@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import {
-  ArchiveSummary, BackupJob, downloadSignature, EnsureInstance, HostInfo, Instance, InstanceUsage, RestoreJob, type StartBackup, type StartRestore,
+  ArchiveSummary, BackupJob, downloadSignature, EnsureInstance, HostInfo, Instance, InstanceUsage, type RestartScope, RestoreJob, type Switchover, type StartBackup, type StartRestore,
   TableStats, WalRetentionResult,
 } from './agent-api.ts';
 import { config, envNames } from './config.ts';
@@ -14,8 +14,9 @@ export class AgentClient {
     return this.call('GET', '/v1/host', HostInfo);
   }
 
-  ensureInstance(id: string, spec: EnsureInstance): Promise<Instance> {
-    return this.call('PUT', `/v1/instances/${id}`, Instance, spec);
+  /** `restart: 'replica'` restarts only the replica on the new spec (a rolling change's first step). */
+  ensureInstance(id: string, spec: EnsureInstance, restart: RestartScope = 'all'): Promise<Instance> {
+    return this.call('PUT', `/v1/instances/${id}${restart === 'all' ? '' : `?restart=${restart}`}`, Instance, spec);
   }
 
   async getInstance(id: string): Promise<Instance | undefined> {
@@ -29,6 +30,11 @@ export class AgentClient {
   /** Ensures the instance's streaming replica on its host (idempotent); it catches up afterwards (`nodes[].lagBytes`). */
   ensureReplica(id: string): Promise<Instance> {
     return this.call('PUT', `/v1/instances/${id}/replica`, Instance);
+  }
+
+  /** The replica becomes the primary behind the same endpoint; the old primary its replica (see the contract). */
+  switchover(id: string, switchover: Switchover): Promise<Instance> {
+    return this.call('POST', `/v1/instances/${id}/switchover`, Instance, switchover);
   }
 
   /** Stops and removes the instance's replica and its slot; absent is fine. */
@@ -45,8 +51,9 @@ export class AgentClient {
     return this.call('PUT', `/v1/instances/${databaseId}/backups/${backupId}`, BackupJob, request);
   }
 
-  getBackup(databaseId: string, backupId: string): Promise<BackupJob | undefined> {
-    return this.call('GET', `/v1/archives/${databaseId}/backups/${backupId}`, BackupJob, undefined, true);
+  /** With `waitSeconds` (≤ maxJobWaitSeconds), a running backup is answered once it ends or that long later. */
+  getBackup(databaseId: string, backupId: string, waitSeconds = 0): Promise<BackupJob | undefined> {
+    return this.call('GET', `/v1/archives/${databaseId}/backups/${backupId}?waitSeconds=${waitSeconds}`, BackupJob, undefined, true);
   }
 
   async deleteBackup(databaseId: string, backupId: string): Promise<void> {
@@ -73,8 +80,9 @@ export class AgentClient {
     return this.call('PUT', `/v1/instances/${instanceId}/restores/${restoreId}`, RestoreJob, request);
   }
 
-  getRestore(instanceId: string, restoreId: string): Promise<RestoreJob | undefined> {
-    return this.call('GET', `/v1/instances/${instanceId}/restores/${restoreId}`, RestoreJob, undefined, true);
+  /** Like getBackup. */
+  getRestore(instanceId: string, restoreId: string, waitSeconds = 0): Promise<RestoreJob | undefined> {
+    return this.call('GET', `/v1/instances/${instanceId}/restores/${restoreId}?waitSeconds=${waitSeconds}`, RestoreJob, undefined, true);
   }
 
   /** A URL that serves the backup's archive, decrypted, until `expires` (unix seconds); signed, so it needs no token. */

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { BackupJob, InstanceNode } from './agent-api.ts';
-import { EngineName } from './catalog.ts';
+import { BackupJob, InstanceNode, type HostInfo } from './agent-api.ts';
+import { EngineName, type Plan } from './catalog.ts';
 
 /** The records dbplane keeps, as the API shows them. Types are inferred from these schemas. */
 
@@ -44,16 +44,45 @@ export const Database = z.object({
 export type Database = z.infer<typeof Database>;
 
 /** What the API shows of a database: no secrets; `url` (without the password) once it has an endpoint. */
+/** One resource of the database's plan, and whether its host holds the server to it: `enforced` is never claimed otherwise. */
+export const ResourceLimit = z.object({
+  limit: z.number(),
+  unit: z.enum(['vCPU', 'bytes']),
+  enforced: z.boolean(),
+  /** How it is enforced, or why not (as the host reports it). */
+  detail: z.string(),
+});
+export type ResourceLimit = z.infer<typeof ResourceLimit>;
+
+export const ResourceLimits = z.object({ cpu: ResourceLimit, memory: ResourceLimit, disk: ResourceLimit });
+export type ResourceLimits = z.infer<typeof ResourceLimits>;
+
 export const DatabaseView = Database.omit({ passwordVerifier: true, rev: true, lastScheduledBackup: true }).extend({
   url: z.string().optional(),
   /** Its servers as the host reports them now (GET /databases/{id} only): primary, and replica with its lag on 2-node plans. */
   nodes: z.array(InstanceNode).optional(),
+  /** The plan's CPU, memory and disk, each enforced only if every known host enforces it (GET /databases/{id} only). */
+  limits: ResourceLimits.optional(),
 });
 export type DatabaseView = z.infer<typeof DatabaseView>;
 
 export function databaseView({ passwordVerifier: _verifier, rev: _rev, lastScheduledBackup: _last, ...database }: Database): DatabaseView {
   const { endpoint, username, databaseName } = database;
   return endpoint ? { ...database, url: `postgresql://${username}@${endpoint.host}:${endpoint.port}/${databaseName}` } : database;
+}
+
+/** The plan's limits as the hosts (the host inventory) enforce them; with no host known, none is claimed. */
+export function resourceLimits(plan: Plan, hosts: Pick<HostInfo, 'limits'>[]): ResourceLimits {
+  const limit = (resource: keyof HostInfo['limits'], limit: number, unit: ResourceLimit['unit']): ResourceLimit => {
+    const reports = hosts.map((host) => host.limits[resource]);
+    const report = reports.find((r) => !r.enforced) ?? reports[0] ?? { enforced: false, detail: 'not enforced: no host has reported its limits yet' };
+    return { limit, unit, enforced: report.enforced, detail: report.detail };
+  };
+  return {
+    cpu: limit('cpu', plan.cpuShare, 'vCPU'),
+    memory: limit('memory', plan.memoryMb * 1024 ** 2, 'bytes'),
+    disk: limit('disk', plan.diskGb * 1024 ** 3, 'bytes'),
+  };
 }
 
 /** `drill`: a restore drill, which restores into a scratch server and holds no lock on the database. `change_plan`: input `{fromPlan, toPlan}`. */

@@ -1,4 +1,4 @@
-import type { EnsureInstance, StartRestore } from './agent-api.ts';
+import { maxJobWaitSeconds, type EnsureInstance, type StartRestore } from './agent-api.ts';
 import { findPlan, postgresSettings, sameSetting } from './catalog.ts';
 import type { AgentClient } from './agent-client.ts';
 import { backupOutcome, DrillInput, RestoreInput } from './backups.ts';
@@ -45,7 +45,7 @@ async function wrappedKeyOf(store: Store, database: Pick<Database, 'id' | 'dataK
   return { version: key.version, wrapped: key.wrapped };
 }
 
-/** What the agent needs to run the database's server: version, role, settings from the plan (its own, or `planId`), data key. */
+/** What the agent needs to run the database's server: version, role, settings and disk quota from the plan (its own, or `planId`), data key. */
 async function instanceSpec(store: Store, database: Database, planId = database.plan): Promise<EnsureInstance> {
   const plan = findPlan(planId);
   if (!plan) throw new Error(`unknown plan ${planId}`);
@@ -56,6 +56,7 @@ async function instanceSpec(store: Store, database: Database, planId = database.
     database: database.databaseName,
     settings: postgresSettings(plan),
     dataKey: await wrappedKeyOf(store, database),
+    diskQuotaBytes: plan.diskGb * 1024 ** 3,
   };
 }
 
@@ -98,52 +99,84 @@ export async function verifyPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input:
 /** The plan's node count: 2 means a streaming replica beside the primary. */
 const nodesOf = (planId: string) => findPlan(planId)?.nodes ?? 1;
 
+/** The plan the operation brings the database to: a plan change's target, or the plan it is provisioned on. */
+const targetPlanOf = (operation: Operation, database: Database) =>
+  (operation.kind === 'change_plan' ? ChangePlanInput.parse(operation.input).toPlan : database.plan);
+
+/** Between two 2-node plans the change rolls: the replica, then a switchover, then the old primary. */
+const isRolling = (operation: Operation) => {
+  const { fromPlan, toPlan } = ChangePlanInput.parse(operation.input);
+  return nodesOf(fromPlan) === 2 && nodesOf(toPlan) === 2;
+};
+
+/** Rolling: the replica restarts on the target plan's settings while the primary keeps serving on the old ones. */
+export async function resizeReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  if (!isRolling(operation)) return;
+  await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, ChangePlanInput.parse(operation.input).toPlan), 'replica');
+}
+
+/**
+ * Rolling: the resized replica becomes the primary behind the same endpoint (the agent waits for it to
+ * catch up, holds new connections, promotes it once it has every commit); the old primary rejoins as
+ * its replica and is resized by ResizeInstance. Named by the operation, so a retried call does not switch back.
+ */
+export async function switchover(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  if (isRolling(operation)) await deps.agent.switchover(database.id, { id: operation.id });
+}
+
 /** To a 1-node plan: the replica goes before the primary is resized (a no-op when there is none). */
 export async function removeReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
   if (nodesOf(ChangePlanInput.parse(operation.input).toPlan) === 1) await deps.agent.deleteReplica(database.id);
 }
 
-/** To a 2-node plan: the agent copies the resized primary into a streaming replica; CheckReplica waits for it. */
+/** On a 2-node plan: the agent copies the primary into a streaming replica (if it has none); CheckReplica waits for it. */
 export async function addReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
-  if (nodesOf(ChangePlanInput.parse(operation.input).toPlan) === 2) await deps.agent.ensureReplica(database.id);
+  if (nodesOf(targetPlanOf(operation, database)) === 2) await deps.agent.ensureReplica(database.id);
 }
 
 /** Ready once the replica runs and has replayed every byte of WAL the primary wrote (at once on a 1-node plan). */
 export async function checkReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { replicaProgress?: PollResult }): Promise<PollResult> {
   const attempts = (input.replicaProgress?.attempts ?? 0) + 1;
   const { operation, database } = await load(deps.store, input);
-  if (nodesOf(ChangePlanInput.parse(operation.input).toPlan) === 1) return { ready: true, attempts };
-  const instance = await deps.agent.getInstance(database.id);
+  if (nodesOf(targetPlanOf(operation, database)) === 1) return { ready: true, attempts };
+  return { ready: await replicaCaughtUp(deps.agent, database.id), attempts };
+}
+
+/** Whether the database's replica runs and has replayed every byte of WAL its primary wrote; throws if it is gone or failed. */
+async function replicaCaughtUp(agent: AgentClient, databaseId: string): Promise<boolean> {
+  const instance = await agent.getInstance(databaseId);
   const replica = instance?.nodes?.find((n) => n.role === 'replica');
   if (!replica) throw new InstanceFailed('the replica is gone from its host');
   if (replica.status === 'failed') throw new InstanceFailed('the replica failed to start');
-  return { ready: replica.status === 'running' && replica.lagBytes === 0, attempts };
+  return replica.status === 'running' && replica.lagBytes === 0;
 }
 
-/** How long RevertPlan waits for the server to come back on the old settings (within the step's 60 s). */
+/** How long RevertPlan waits for the server, then its replica, to come back on the old settings (within the step's 60 s). */
 const revertHealthMs = 45_000;
 
 /**
  * Puts the previous plan's settings back and waits until the server runs on them, then its node count
- * (the replica added or removed); a no-op when nothing changed.
+ * (the replica added or removed, and waited for until caught up); a no-op when nothing changed.
  */
 export async function revertPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
   const { fromPlan } = ChangePlanInput.parse(operation.input);
   await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, fromPlan));
   const deadline = Date.now() + revertHealthMs;
-  for (;;) {
-    const { ready } = await checkInstance(deps.agent, input);
-    if (ready) {
-      if (nodesOf(fromPlan) === 2) await deps.agent.ensureReplica(database.id);
-      else await deps.agent.deleteReplica(database.id);
-      return;
+  const until = async (what: string, ready: () => Promise<boolean>) => {
+    while (!(await ready())) {
+      if (Date.now() > deadline) throw new InstanceFailed(`${what} did not come back on ${database.plan} within ${revertHealthMs / 1000} s`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
     }
-    if (Date.now() > deadline) throw new InstanceFailed(`the server did not come back on ${database.plan} within ${revertHealthMs / 1000} s`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
+  };
+  await until('the server', async () => (await checkInstance(deps.agent, input)).ready);
+  if (nodesOf(fromPlan) === 1) return deps.agent.deleteReplica(database.id);
+  await deps.agent.ensureReplica(database.id);
+  await until('the replica', () => replicaCaughtUp(deps.agent, database.id));
 }
 
 /** Where a poll stands: `attempts` counts the checks so a state machine can bound the loop. */
@@ -162,13 +195,16 @@ export async function startBackup(deps: Pick<StepDeps, 'store' | 'agent'>, input
   await deps.agent.startBackup(operation.databaseId, backupId, { kind: backup.kind });
 }
 
-/** Polls the operation's backup; records it once it completed; a failed backup fails the step. */
+/**
+ * Polls the operation's backup, waiting on the agent until it ends (long poll, so the end is seen at
+ * once); records it once it completed; a failed backup fails the step.
+ */
 export async function checkBackup(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { backupProgress?: PollResult }): Promise<PollResult> {
   const attempts = (input.backupProgress?.attempts ?? 0) + 1;
   const { operation } = await load(deps.store, input);
   const backupId = operation.input.backupId as string | undefined;
   if (!backupId) return { ready: true, attempts };
-  const job = await deps.agent.getBackup(operation.databaseId, backupId);
+  const job = await deps.agent.getBackup(operation.databaseId, backupId, maxJobWaitSeconds);
   if (!job) throw new BackupFailed(`backup ${backupId} is unknown to the host`);
   if (job.status === 'failed') throw new BackupFailed(`backup ${backupId} failed: ${job.reason ?? 'no reason given'}`);
   if (job.status === 'running') return { ready: false, attempts };
@@ -193,10 +229,11 @@ export async function startRestore(deps: Pick<StepDeps, 'store' | 'agent'>, inpu
   await deps.agent.startRestore(database.id, operation.id, request);
 }
 
+/** Polls the restore like checkBackup (long poll); a failed restore fails the step. */
 export async function checkRestore(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { restoreProgress?: PollResult }): Promise<PollResult> {
   const attempts = (input.restoreProgress?.attempts ?? 0) + 1;
   const { operation } = await load(deps.store, input);
-  const job = await deps.agent.getRestore(restoreTarget(operation), input.operationId);
+  const job = await deps.agent.getRestore(restoreTarget(operation), input.operationId, maxJobWaitSeconds);
   if (!job) throw new RestoreFailed('the restore is unknown to the host');
   if (job.status === 'failed') throw new RestoreFailed(job.reason ?? 'the restore failed');
   return { ready: job.status === 'completed', attempts };

@@ -10,7 +10,9 @@ import type { Caller, Database, Operation } from './model.ts';
  * Plan changes: the checks, the preview and the request behind the plan API. A change reconfigures the
  * primary and restarts it with the target plan's settings, on the same port (the URL does not change);
  * to a 2-node (business) plan the agent then adds a streaming replica on the same host, and to a 1-node
- * plan removes it first. Between two business plans both nodes restart together (not rolling yet).
+ * plan removes it first. Between two business plans the change rolls: the replica is resized, a switchover
+ * makes it the primary (the gateway holds new connections meanwhile), then the old primary is resized and
+ * follows it as the replica.
  */
 
 export interface PlanDeps extends Deps {
@@ -34,20 +36,32 @@ export type ChangePlanInput = z.infer<typeof ChangePlanInput>;
 export const diskMargin = 0.2;
 
 /**
- * A one-node change is a fast shutdown and a start on the new settings: an estimate for a small
- * database, not a measurement (bench/ has none for plan changes yet).
+ * What a client may wait for a connection (held by the gateway, not refused): a one-node change is a
+ * shutdown and a start on the new settings; a rolling one a switchover, plus a restart of the new primary
+ * when the plan lowers max_connections (a standby may not run below its primary). Measured by
+ * `npm run bench:plan-change` (bench/RESULTS.md); rounded up.
  */
-export const expectedRestartSeconds = 2;
+export const expectedRestartSeconds = 1;
+export const expectedSwitchoverSeconds = 1;
 
 /** The steps the ChangePlan workflow runs, as a user reads them. */
 export function planChangeSteps(from: Plan, to: Plan): string[] {
   const before = postgresSettings(from);
   const after = postgresSettings(to);
   const changed = Object.keys(after).filter((name) => before[name] !== after[name]).map((name) => `${name} ${before[name]} → ${after[name]}`);
+  const settings = changed.length ? ` (${changed.join(', ')})` : '';
+  const rolling = from.nodes > 1 && to.nodes > 1;
   return [
     'check disk and connections against the target plan on the live server',
     ...(from.nodes > 1 && to.nodes === 1 ? ['remove the replica: stop it, drop its replication slot on the primary'] : []),
-    `restart the server with the target plan's settings${changed.length ? ` (${changed.join(', ')})` : ''}; same port, same URL`,
+    ...(rolling
+      ? [`restart the replica with the target plan's settings${settings}; the primary keeps serving`,
+        'switch over: wait until the replica has caught up, hold new connections at the gateway, shut the primary down '
+        + 'cleanly, promote the replica once it has replayed every commit, send connections to it; the old primary '
+        + 'follows it as the replica',
+        "restart the old primary (now the replica) with the target plan's settings, and the new primary only if a "
+        + 'setting it must lower needs it (max_connections); same URL']
+      : [`restart the server with the target plan's settings${settings}; same URL (new connections wait at the gateway)`]),
     'wait until the server accepts connections',
     ...(from.nodes === 1 && to.nodes > 1
       ? ['add a streaming replica: a copy of the primary (low-level backup API) streaming from it through a replication slot',
@@ -101,7 +115,7 @@ export async function previewPlanChange(deps: Pick<PlanDeps, 'store' | 'agent'>,
     from: database.plan,
     to: to.id,
     steps: planChangeSteps(from, to),
-    expectedUnavailabilitySeconds: expectedRestartSeconds,
+    expectedUnavailabilitySeconds: from.nodes > 1 && to.nodes > 1 ? expectedSwitchoverSeconds : expectedRestartSeconds,
   };
 }
 

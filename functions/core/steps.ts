@@ -35,6 +35,39 @@ const recordStep = (name: string): MiddlewareObj<StepInput, unknown> => ({
   },
 });
 
+/**
+ * Test-only fault injection. The local runtime started with `stepFaults` sets this variable to `1`; CDK never
+ * sets it, so in AWS the middleware below does nothing.
+ */
+export const stepFaultsEnv = 'DBPLANE_STEP_FAULTS';
+
+/** The error an armed fault throws: not among the retried transient errors, so a Catch takes it like any failure. */
+class InjectedStepFault extends Error {
+  override readonly name = 'InjectedStepFault';
+}
+
+/** Armed faults, `<function name> <database id>` → message; each fails one invocation. Handlers run in the runtime's process. */
+const armedFaults = new Map<string, string>();
+
+/** Fails the next invocation of the Lambda `functionName` for `databaseId`; the returned function disarms it and tells whether it fired. */
+export function armStepFault(fault: { functionName: string; databaseId: string; message: string }): () => boolean {
+  if (process.env[stepFaultsEnv] !== '1') throw new Error(`step faults are disabled (${stepFaultsEnv} is not 1)`);
+  const key = `${fault.functionName} ${fault.databaseId}`;
+  armedFaults.set(key, fault.message);
+  return () => !armedFaults.delete(key);
+}
+
+const injectedFault: MiddlewareObj<StepInput, unknown, Error, Context> = {
+  before: ({ event, context }) => {
+    if (process.env[stepFaultsEnv] !== '1') return;
+    const key = `${context.functionName} ${event.databaseId}`;
+    const message = armedFaults.get(key);
+    if (message === undefined) return;
+    armedFaults.delete(key);
+    throw new InjectedStepFault(message);
+  },
+};
+
 const parsedInput: MiddlewareObj<StepInput, unknown> = {
   before: (request) => {
     request.event = StepInput.parse(request.event);
@@ -50,5 +83,7 @@ export function stepHandler<R>(options: StepOptions, fn: (input: StepInput, stor
   return middy<StepInput, R, Error, Context>({ timeoutEarlyInMillis: 0 })
     .use(parsedInput)
     .use(options.step ? [recordStep(options.step)] : [])
+    // After recordStep, so the operation shows the faulted step as failed with the injected message.
+    .use(injectedFault)
     .handler((input) => fn(input, getStore()));
 }

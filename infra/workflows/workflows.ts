@@ -164,6 +164,17 @@ export class Workflows extends Construct {
     );
   }
 
+  /** Until a 2-node plan's replica runs and has replayed all the primary's WAL (at once on a 1-node plan). */
+  private waitForReplica(scope: Construct, onReady: sfn.IChainable, onFailure: sfn.IChainable): sfn.Wait {
+    return this.poll(
+      scope,
+      { wait: stateNames.waitForReplica, check: 'CheckReplica', choice: stateNames.isReplicaCaughtUp, timedOut: stateNames.replicaNotCaughtUp },
+      polls.replica,
+      paths.replicaProgress,
+      { onReady, onTimeout: onFailure, onError: onFailure },
+    );
+  }
+
   /**
    * A cleanup step, then `failure`. The original error stays at `$.error` for FailOperation; a failing
    * cleanup is recorded beside it, at `$.cleanupError`, and goes to `failure` too.
@@ -184,15 +195,19 @@ export class Workflows extends Construct {
   }
 
   /**
-   * BeginOperation → CreateDataKey → EnsureInstance → poll CheckInstance → CompleteOperation.
+   * BeginOperation → CreateDataKey → EnsureInstance → poll CheckInstance → AddReplica (only on a 2-node
+   * plan) → poll CheckReplica → CompleteOperation.
    * Any failure, or no health after `polls.instance.maxChecks`, runs the cleanup: RemoveInstance → FailOperation → Failed.
    */
   private provision(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
     const cleanup = this.cleanupThen(scope, 'RemoveInstance', failure);
 
-    const [begin, createKey, ensure, complete] = this.sequence(scope, ['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'CompleteOperation'], cleanup);
-    return begin.next(createKey).next(ensure).next(this.waitForHealth(scope, complete.next(this.succeed(scope)), cleanup));
+    const [begin, createKey, ensure, addReplica, complete] = this.sequence(
+      scope, ['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'AddReplica', 'CompleteOperation'], cleanup,
+    );
+    const waitForReplica = this.waitForReplica(scope, complete.next(this.succeed(scope)), cleanup);
+    return begin.next(createKey).next(ensure).next(this.waitForHealth(scope, addReplica.next(waitForReplica), cleanup));
   }
 
   /** BeginOperation → RemoveInstance → PurgeBackups (only with `purge`) → CompleteOperation; any failure: FailOperation → Failed. */
@@ -273,7 +288,9 @@ export class Workflows extends Construct {
 
   /**
    * BeginOperation → PrecheckPlan (usage against the live server) → RemoveReplica (only to a 1-node plan)
-   * → ResizeInstance (restart on the target plan's settings, same port) → poll CheckInstance → AddReplica
+   * → ResizeReplica and Switchover (only between 2-node plans: the replica restarts on the target settings
+   * and becomes the primary, the old primary its replica) → ResizeInstance (restart on the target plan's
+   * settings where a server still runs others; same endpoint) → poll CheckInstance → AddReplica
    * (only to a 2-node plan) → poll CheckReplica until the replica has replayed all the primary's WAL →
    * VerifyPlan → CompleteOperation (the plan of record changes only here). Any failure, or no health or
    * catch-up in time: RevertPlan (the previous plan's settings and node count, waited for until healthy)
@@ -284,16 +301,13 @@ export class Workflows extends Construct {
     // A failed revert keeps the original error at $.error; FailOperation then ends the operation `failed`.
     const rollback = this.cleanupThen(scope, 'RevertPlan', failure);
 
-    const [begin, precheck, removeReplica, resize, addReplica, verify, complete] = this.sequence(
-      scope, ['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeInstance', 'AddReplica', 'VerifyPlan', 'CompleteOperation'], rollback,
-    );
-    const waitForReplica = this.poll(
+    const [begin, precheck, removeReplica, resizeReplica, switchover, resize, addReplica, verify, complete] = this.sequence(
       scope,
-      { wait: stateNames.waitForReplica, check: 'CheckReplica', choice: stateNames.isReplicaCaughtUp, timedOut: stateNames.replicaNotCaughtUp },
-      polls.replica,
-      paths.replicaProgress,
-      { onReady: verify.next(complete).next(this.succeed(scope)), onTimeout: rollback, onError: rollback },
+      ['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeReplica', 'Switchover', 'ResizeInstance', 'AddReplica', 'VerifyPlan', 'CompleteOperation'],
+      rollback,
     );
-    return begin.next(precheck).next(removeReplica).next(resize).next(this.waitForHealth(scope, addReplica.next(waitForReplica), rollback));
+    const waitForReplica = this.waitForReplica(scope, verify.next(complete).next(this.succeed(scope)), rollback);
+    return begin.next(precheck).next(removeReplica).next(resizeReplica).next(switchover).next(resize)
+      .next(this.waitForHealth(scope, addReplica.next(waitForReplica), rollback));
   }
 }

@@ -21,6 +21,21 @@ export async function withConnection<T>(url: string, password: string, fn: (clie
   }
 }
 
+/** Each user table's row count and the md5 of its rows in a stable order: equal before and after means no row lost or changed. */
+export async function userTablesChecksum(client: pg.Client): Promise<Record<string, string>> {
+  const { rows: tables } = await client.query<{ name: string }>(`
+    SELECT format('%I.%I', table_schema, table_name) AS name FROM information_schema.tables
+    WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1`);
+  const checksums: Record<string, string> = {};
+  for (const { name } of tables) {
+    const { rows: [row] } = await client.query<{ rows: number; md5: string }>(
+      `SELECT count(*)::int AS rows, md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) AS md5 FROM ${name} t`,
+    );
+    checksums[name] = `${row.rows} rows, md5 ${row.md5}`;
+  }
+  return checksums;
+}
+
 /** Creates a database and waits until it runs. */
 export async function createRunning(api: ApiClient, name: string, plan = 'starter-512') {
   const created = await api.post('/databases', { name, engine: 'postgresql', plan });
