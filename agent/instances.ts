@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { z } from 'zod';
 import { EnsureInstance, InstanceId, type Instance, type InstanceNode, type WrappedKey } from '#core/agent-api.ts';
-import type { PostgresSettings } from '#core/catalog.ts';
+import { majorOf, type PostgresSettings } from '#core/catalog.ts';
 import { BadRequest, Conflict, NotFound, Unprocessable, type FieldIssue } from '#core/errors.ts';
 import type { HostedInstance, InstanceAccess } from './backups/service.ts';
 import { InjectedFault, type Faults } from './faults.ts';
@@ -53,8 +53,8 @@ interface Managed {
   gateway?: Gateway;
   /** The replica's server, once its data is copied (stored.replica says which port it owns). */
   replica?: Supervisor;
-  /** The settings each folder's server was last started with; undefined until it starts (or while it is restarting). */
-  applied: Partial<Record<Slot, PostgresSettings>>;
+  /** The version and settings each folder's server was last started with; undefined until it starts (or while it is restarting). */
+  applied: Partial<Record<Slot, { version: string; settings: PostgresSettings }>>;
   /** While a switchover runs, the gateway holds new connections instead of sending them to a server. */
   holding: boolean;
   /** The replica waits to restart on lower settings until it has replayed the restarted primary's (see lowersStandbyMinimums). */
@@ -172,12 +172,12 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         const archiving = await serverSettings?.(id, spec.dataKey) ?? [];
         if (isPrimary()) {
           if (!(await exists(join(own.data, 'PG_VERSION')))) await initCluster(binaries, own, runAs);
-          managed.applied[slot] = spec.settings;
+          managed.applied[slot] = { version: spec.version, settings: spec.settings };
           await writeServerConfig(own, port, spec.settings, runAs, archiving);
         } else {
           if (!(await exists(join(own.data, 'PG_VERSION')))) throw new Error('the replica has no data; ensure it again');
-          const settings = standbyServerSettings(spec.settings, managed.applied[primarySlot(managed.stored)]);
-          managed.applied[slot] = settings;
+          const settings = standbyServerSettings(spec.settings, managed.applied[primarySlot(managed.stored)]?.settings);
+          managed.applied[slot] = { version: spec.version, settings };
           await writeServerConfig(own, replica().port, settings, runAs, [...archiving, ...standbySettings(port, replica().password)]);
           await writeStandbySignal(own.data, runAs);
         }
@@ -267,18 +267,25 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
 
   async function converge(managed: Managed, spec: EnsureInstance, restart: 'all' | 'replica'): Promise<void> {
     const current = managed.stored.spec;
-    if (spec.engine !== current.engine || spec.version !== current.version) {
-      throw new Conflict(`instance ${managed.stored.id} runs ${current.engine} ${current.version}, not ${spec.version}; changing versions is an upgrade`);
+    // Within a major the data directory is the same format: a minor upgrade (or its rollback) is a restart on other binaries.
+    if (spec.engine !== current.engine || majorOf(spec.version) !== majorOf(current.version)) {
+      throw new Conflict(`instance ${managed.stored.id} runs ${current.engine} ${current.version}; a major version change is not a restart`);
     }
+    if (!installs.some((i) => i.version === spec.version)) throw new Unprocessable(`PostgreSQL ${spec.version} is not installed on this host`);
     // Turning archiving on or off needs a restart; a new data key version only changes what the agent seals new WAL with.
     const archivingChanged = !spec.dataKey !== !current.dataKey;
     const keyChanged = canonical(spec.dataKey ?? {}) !== canonical(current.dataKey ?? {});
     const accessChanged = canonical(spec.role) !== canonical(current.role) || spec.database !== current.database;
-    // A server runs on other settings than the spec's: changed now, or left behind by a rolling change.
-    const stale = (slot: Slot) => archivingChanged || (managed.applied[slot] !== undefined && canonical(managed.applied[slot]) !== canonical(spec.settings));
+    // A server runs another version or other settings than the spec's: changed now, or left behind by a rolling change.
+    const runsOther = (slot: Slot) => {
+      const applied = managed.applied[slot];
+      return applied !== undefined && (applied.version !== spec.version || canonical(applied.settings) !== canonical(spec.settings));
+    };
+    const stale = (slot: Slot) => archivingChanged || runsOther(slot);
     const primaryStale = restart === 'all' && stale(primarySlot(managed.stored));
     const replicaStale = managed.replica !== undefined && stale(replicaSlot(managed.stored));
-    const specChanged = archivingChanged || keyChanged || accessChanged || canonical(spec.settings) !== canonical(current.settings);
+    const specChanged = archivingChanged || keyChanged || accessChanged || spec.version !== current.version
+      || canonical(spec.settings) !== canonical(current.settings);
     if (!specChanged && !primaryStale && !replicaStale) return;
     if (specChanged) {
       managed.stored = { ...managed.stored, spec };
@@ -286,7 +293,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     }
     if (keyChanged && !archivingChanged) await serverSettings?.(managed.stored.id, spec.dataKey);
     const replicaApplied = managed.applied[replicaSlot(managed.stored)];
-    const replicaAfterPrimary = primaryStale && replicaStale && replicaApplied !== undefined && lowersStandbyMinimums(replicaApplied, spec.settings);
+    const replicaAfterPrimary = primaryStale && replicaStale && replicaApplied !== undefined && lowersStandbyMinimums(replicaApplied.settings, spec.settings);
     if (replicaAfterPrimary) {
       managed.replicaRestartPending = true;
       void serialized(managed.stored.id, () => restartReplicaAfterPrimary(managed));

@@ -48,6 +48,7 @@ const instances = diskQuotas.recording(createInstanceManager({ dataDir, installs
 
 const server = createAgentServer(env.DBPLANE_AGENT_SECRET, {
   host: { ...inspectHost(dataDir, installs), limits: await hostLimits(env.DBPLANE_AGENT_QUOTA_INTERVAL_MS) },
+  installs,
   instances,
   backups,
   diskQuotas,

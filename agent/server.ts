@@ -12,11 +12,15 @@ import type { Faults } from './faults.ts';
 import type { InstanceManager } from './instances.ts';
 import type { DiskQuotas } from './quota.ts';
 import { errorMessage, log } from './log.ts';
+import type { PostgresInstall } from './host.ts';
 import { tableStats } from './tables.ts';
+import { upgradeChecks } from './upgrade-checks.ts';
 import { instanceUsage } from './usage.ts';
 
 export interface AgentServices {
   host: HostInfo;
+  /** The PostgreSQL versions installed here, with their files (an upgrade's target is checked against them). */
+  installs: PostgresInstall[];
   instances: InstanceManager;
   backups: BackupService;
   diskQuotas: Pick<DiskQuotas, 'status'>;
@@ -55,7 +59,7 @@ interface Route {
 
 const maxBodyBytes = 1024 * 1024;
 
-function routes({ host, instances, backups, diskQuotas, faults }: AgentServices): Route[] {
+function routes({ host, installs, instances, backups, diskQuotas, faults }: AgentServices): Route[] {
   const table: Route[] = [
     { path: /^\/v1\/host$/, methods: { GET: async () => ({ status: 200, body: host }) } },
     {
@@ -103,6 +107,16 @@ function routes({ host, instances, backups, diskQuotas, faults }: AgentServices)
         GET: async ({ id }) => {
           const instanceId = parse(InstanceId, id, '/id');
           return { status: 200, body: await tableStats(instanceId, instances.describe(instanceId)) };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/upgrade-checks$/,
+      methods: {
+        GET: async ({ id }, _, { query }) => {
+          const instanceId = parse(InstanceId, id, '/id');
+          const version = parse(EnsureInstance.shape.version, query.get('version') ?? undefined, '/query/version');
+          return { status: 200, body: await upgradeChecks(instanceId, instances.describe(instanceId), version, installs) };
         },
       },
     },

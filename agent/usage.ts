@@ -15,11 +15,13 @@ export async function instanceUsage(id: string, instance: HostedInstance | undef
   try {
     const { rows: [{ connections }] } = await client.query<{ connections: number }>(
       "SELECT count(*)::int AS connections FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()");
+    const { rows: [{ server_version: serverVersion }] } = await client.query<{ server_version: string }>('SHOW server_version');
     const { rows } = await client.query<{ name: string; value: string }>(
       'SELECT name, current_setting(name) AS value FROM pg_settings WHERE name = ANY($1::text[]) ORDER BY name', [Object.keys(running.spec.settings)]);
     return {
       diskBytes: await directoryBytes(running.paths.data),
       connections,
+      serverVersion,
       settings: Object.fromEntries(rows.map((r) => [r.name, r.value])),
     };
   } finally {

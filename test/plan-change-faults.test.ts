@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPlan, postgresSettings } from '../functions/core/catalog.ts';
-import { taskStates, type LocalStateMachine } from '../local/template.ts';
 import { eventually } from './helpers/agent.ts';
 import { type ApiClient, type ApiResponse, newTenant, apiClient } from './helpers/api.ts';
 import { createRunning, userTablesChecksum, withConnection } from './helpers/databases.ts';
 import { startTestRuntime } from './helpers/runtime.ts';
+import { flow, reachable, splitTaskStates, statesOf } from './helpers/workflow-paths.ts';
 
 /**
  * A failure at any step of a plan change rolls it back: the operation ends `rolled_back` with the reason, and
@@ -18,37 +18,6 @@ let api: ApiClient;
 let forwardStates: string[];
 /** The direction (`from → to`) that faulted each forward state. */
 const faultedIn = new Map<string, string[]>();
-
-type State = { Type: string; Next?: string; Default?: string; End?: boolean; Choices?: { Next: string }[]; Catch?: { Next: string }[] };
-type Definition = LocalStateMachine['definition'];
-
-const statesOf = (definition: Definition) => definition.States as unknown as Record<string, State>;
-/** Where a state goes when it does not fail: Next, a Choice's branches and Default. */
-const flow = (state: State) => [state.Next, state.Default, ...(state.Choices ?? []).map((c) => c.Next)].filter((n): n is string => !!n);
-
-/** States reachable from `starts` along `edges`, breadth first (so in the order a run meets them). */
-function reachable(starts: string[], edges: (name: string) => string[]): string[] {
-  const seen = [...new Set(starts)];
-  for (let i = 0; i < seen.length; i++) {
-    for (const next of edges(seen[i])) if (!seen.includes(next)) seen.push(next);
-  }
-  return seen;
-}
-
-/**
- * Splits the Task states: the forward path (on a way from StartAt to success, in the order a run meets them) and
- * the failure path (the rest: where a Catch or a timed-out poll leads, which only ends failed). A fault on the
- * failure path is not one to roll back from: the compensation (RevertPlan today) failing ends the operation
- * `failed` by design, and FailOperation failing leaves the operation to the OperationReaper.
- */
-function splitTaskStates(definition: Definition): { forward: string[]; failurePath: string[] } {
-  const states = statesOf(definition);
-  const next = (name: string) => flow(states[name]);
-  const succeeds = (name: string) => reachable([name], next).some((n) => states[n].Type === 'Succeed' || (states[n].End && states[n].Type !== 'Fail'));
-  const tasks = taskStates(definition).map(([name]) => name);
-  const forward = reachable([definition.StartAt], next).filter((name) => tasks.includes(name) && succeeds(name));
-  return { forward, failurePath: tasks.filter((name) => !forward.includes(name)) };
-}
 
 async function changePlan(databaseId: string, plan: string) {
   const started = await api.post(`/databases/${databaseId}/plan`, { plan });

@@ -4,6 +4,7 @@ import { type EngineName, engineNames } from '#core/catalog.ts';
 import { DatabaseView } from '#core/model.ts';
 import {
   AuditEventList, type ChangePlanBody, CreateDatabaseBody, DatabaseCreated, DatabaseDeleted, DatabaseList, PlanChangePreview, PlanChangeStarted,
+  type UpgradeBody, UpgradeList, UpgradeReport, UpgradeStarted,
 } from '../../functions/api/schemas.ts';
 import { CliError } from '../client.ts';
 import { readConfig, updateConfig } from '../config.ts';
@@ -113,6 +114,53 @@ export function registerDatabases(program: Command): void {
       ctx.out(preview.steps.map((step, i) => `  ${i + 1}. ${step}\n`).join(''));
     });
 
+  databases.command('upgrades')
+    .description('the versions a database can be upgraded to, with their end-of-life dates')
+    .argument('<database>', 'name or id')
+    .action(async (ref: string, _options: unknown, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      const list = await ctx.client.get(`/databases/${encodeURIComponent(db.id)}/upgrades`, UpgradeList);
+      if (ctx.json) return ctx.out(json(list));
+      ctx.out(`${db.name} runs ${list.current}\n`);
+      ctx.out(table(['VERSION', 'KIND', 'STRATEGY', 'END OF LIFE', 'AVAILABLE'],
+        list.targets.map((t) => [t.version, t.kind, t.strategy, t.endOfLife, t.available ? 'yes' : `no: ${t.reason}`])));
+    });
+
+  addWaitOptions(databases.command('upgrade')
+    .description("upgrade a database's engine now, or queue it for its maintenance window; --dry-run prints the pre-upgrade report")
+    .argument('<database>', 'name or id')
+    .argument('<version>', 'an exact version (16.14) or a major (16: its newest minor)')
+    .option('--dry-run', 'check the live database and print what the upgrade would do; changes nothing')
+    .addOption(new Option('--when <when>', 'now, or at the next maintenance window').choices(['now', 'maintenance_window']).default('now')))
+    .action(async (ref: string, version: string, options: { dryRun?: boolean; when: 'now' | 'maintenance_window' } & WaitOptions, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      if (options.dryRun) {
+        const report = await ctx.client.get(`/databases/${encodeURIComponent(db.id)}/upgrades/report?version=${encodeURIComponent(version)}`, UpgradeReport);
+        if (ctx.json) return ctx.out(json(report));
+        const issues = (list: typeof report.blocking) => list.map((c) => `${c.check}: ${c.detail}`).join('; ') || 'none';
+        ctx.out(fields([
+          ['from', report.from],
+          ['to', `${report.version} (${report.kind}, ${report.strategy})`],
+          ['allowed', report.allowed ? 'yes' : `no${report.reason ? `: ${report.reason}` : ''}`],
+          ['blocking', issues(report.blocking)],
+          ['warnings', issues(report.warnings)],
+          ['unavailable', `about ${report.expectedUnavailabilitySeconds} s`],
+        ]));
+        return ctx.out(report.steps.map((step, i) => `  ${i + 1}. ${step}\n`).join(''));
+      }
+      const body: z.input<typeof UpgradeBody> = { version, when: options.when };
+      const started = await ctx.client.post(`/databases/${encodeURIComponent(db.id)}/upgrade`, body, UpgradeStarted);
+      if (ctx.json) ctx.out(json(started));
+      if (!started.operation) {
+        if (!ctx.json) ctx.out(`${db.name}: upgrade to ${version} queued for the next maintenance window\n`);
+        return;
+      }
+      if (!ctx.json) ctx.out(`upgrading ${db.name} from ${db.version} to ${version}: ${started.operation.kind} operation ${started.operation.id}\n`);
+      if (options.wait) await waitForOperation(ctx, started.operation, options.timeout);
+    });
+
   databases.command('url')
     .description('the connection URL, with the password saved when this machine created the database')
     .argument('<database>', 'name or id')
@@ -151,6 +199,7 @@ function databaseFields(db: DatabaseView, extra: [string, string][] = []): strin
     ['engine', `${db.engine} ${db.version}`],
     ['plan', db.plan],
     ['pending plan', db.pendingPlanChange && `${db.pendingPlanChange.plan} at the next maintenance window (asked ${db.pendingPlanChange.requestedAt})`],
+    ['pending upgrade', db.pendingUpgrade && `${db.pendingUpgrade.version} at the next maintenance window (asked ${db.pendingUpgrade.requestedAt})`],
     ['status', db.statusReason ? `${db.status} (${db.statusReason})` : db.status],
     ['url', db.url],
     ['user', db.username],

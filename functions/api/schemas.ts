@@ -4,6 +4,7 @@ import { Account, AuditEvent, Backup, DatabaseName, DatabaseView, Operation, Sco
 import { DownloadFormat } from '#core/backups.ts';
 export { BackupScheduleBody, RestoreRequest } from '#core/backups.ts';
 export { ChangePlanBody, PlanPreviewQuery } from '#core/plans.ts';
+export { UpgradeBody, UpgradeList, UpgradeReport, UpgradeReportQuery } from '#core/upgrades.ts';
 
 /** Request and response schemas of the HTTP API: the handlers parse with them and /openapi.json shows them. */
 
@@ -60,6 +61,11 @@ export const PlanChangePreview = z.object({
 export const PlanChangeStarted = z.object({
   database: DatabaseView,
   operation: Operation.optional().describe('absent with when=maintenance_window: the change is queued on the database (pendingPlanChange)'),
+});
+
+export const UpgradeStarted = z.object({
+  database: DatabaseView,
+  operation: Operation.optional().describe('absent with when=maintenance_window: the upgrade is queued on the database (pendingUpgrade)'),
 });
 
 export const EngineList = z.object({

@@ -24,6 +24,9 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   GET    /v1/instances/{id}/usage → InstanceUsage (what a plan change checks: size of the data directory,
  *          client connections from pg_stat_activity, the live values of the settings the spec manages, and the
  *          last disk quota check)
+ *   GET    /v1/instances/{id}/upgrade-checks?version=X → UpgradeChecks (what would stop or spoil an upgrade to version X,
+ *          "major.minor", read from the live primary in every database that accepts connections; changes nothing;
+ *          409 when the server is not running, 422 when X is not installed on this host)
  *   PUT    /v1/faults               Fault → 204 (only when the agent runs with fault injection enabled)
  *   DELETE /v1/faults               → 204
  *
@@ -136,6 +139,8 @@ export const InstanceUsage = z.object({
   diskBytes: z.number().int(),
   /** Client backends in pg_stat_activity, the agent's own connection excluded. */
   connections: z.number().int(),
+  /** What the running server says it is (`SHOW server_version`, e.g. "16.14"). */
+  serverVersion: z.string(),
   /** `current_setting(name)` of every setting the instance's spec manages (e.g. max_connections, shared_buffers). */
   settings: PostgresSettings,
   /** The agent's last disk quota check of the primary; absent without a quota or before the first check. */
@@ -158,7 +163,7 @@ export const BackupCopy = z.object({
 
 export const StartBackup = z.object({
   /** Recorded with the backup; the agent treats every kind alike (a base backup plus the WAL to make it consistent). */
-  kind: z.enum(['scheduled', 'manual', 'pre_restore', 'post_restore']),
+  kind: z.enum(['scheduled', 'manual', 'pre_restore', 'post_restore', 'post_upgrade']),
 });
 export type StartBackup = z.infer<typeof StartBackup>;
 
@@ -220,6 +225,36 @@ export const TableStats = z.object({
   totalRows: z.number().int(),
 });
 export type TableStats = z.infer<typeof TableStats>;
+
+/** How an upgrade is done: a restart on another minor's binaries, a new server fed by logical replication, or pg_upgrade. */
+export const UpgradeMethod = z.enum(['minor', 'logical', 'pg_upgrade']);
+export type UpgradeMethod = z.infer<typeof UpgradeMethod>;
+
+export const UpgradeCheckId = z.enum([
+  'tables_without_replica_identity', 'prepared_transactions', 'invalid_databases', 'unavailable_extensions',
+  'reg_columns', 'aclitem_columns', 'large_objects', 'unlogged_tables', 'materialized_views',
+]);
+export type UpgradeCheckId = z.infer<typeof UpgradeCheckId>;
+
+export const maxUpgradeCheckObjects = 50;
+
+/** One pre-upgrade check that found something on the live primary (a check that found nothing is not listed). */
+export const UpgradeCheck = z.object({
+  id: UpgradeCheckId,
+  /** `blocking`: the upgrade methods in `appliesTo` would fail or lose data; `warning`: they work, with a caveat. */
+  severity: z.enum(['blocking', 'warning']),
+  appliesTo: z.array(UpgradeMethod).min(1),
+  /** What is wrong and what to do about it. */
+  detail: z.string(),
+  /** How many were found: tables, columns, transactions … (for large objects: how many large objects). */
+  count: z.number().int().min(1),
+  /** Names of what was found, "database: schema.name" inside a database; at most maxUpgradeCheckObjects. */
+  objects: z.array(z.string()).max(maxUpgradeCheckObjects),
+});
+export type UpgradeCheck = z.infer<typeof UpgradeCheck>;
+
+export const UpgradeChecks = z.object({ checks: z.array(UpgradeCheck) });
+export type UpgradeChecks = z.infer<typeof UpgradeChecks>;
 
 export const StartRestore = z.object({
   /** `in_place`: the instance `{id}` exists and gets the restored data (its port and URL unchanged). `new`: creates instance `{id}` from `spec`. */

@@ -1,7 +1,7 @@
 import type { z } from 'zod';
 import {
   ArchiveSummary, BackupJob, downloadSignature, EnsureInstance, HostInfo, Instance, InstanceUsage, type RestartScope, RestoreJob, type Switchover, type StartBackup, type StartRestore,
-  TableStats, WalRetentionResult,
+  TableStats, UpgradeChecks, WalRetentionResult,
 } from './agent-api.ts';
 import { config, envNames } from './config.ts';
 import { AgentRefused, AgentUnavailable } from './errors.ts';
@@ -45,6 +45,11 @@ export class AgentClient {
   /** Disk, connections and live settings of a running server (409 when it is not running). */
   usage(id: string): Promise<InstanceUsage> {
     return this.call('GET', `/v1/instances/${id}/usage`, InstanceUsage);
+  }
+
+  /** The pre-upgrade checks that found something on the running primary, for a target version installed on its host. */
+  upgradeChecks(id: string, version: string): Promise<UpgradeChecks> {
+    return this.call('GET', `/v1/instances/${id}/upgrade-checks?version=${encodeURIComponent(version)}`, UpgradeChecks);
   }
 
   startBackup(databaseId: string, backupId: string, request: StartBackup): Promise<BackupJob> {

@@ -71,7 +71,7 @@ function requireDataKey(database: Database): void {
  * Starts a Backup operation (it holds the database's lock; the database keeps serving). A scheduled
  * backup also claims its UTC day, so the scheduler starts at most one a day.
  */
-export async function startBackupOperation(deps: Deps, database: Database, kind: 'manual' | 'scheduled' | 'post_restore'): Promise<{ backup: Backup; operation: Operation }> {
+export async function startBackupOperation(deps: Deps, database: Database, kind: 'manual' | 'scheduled' | 'post_restore' | 'post_upgrade'): Promise<{ backup: Backup; operation: Operation }> {
   requireDataKey(database);
   const now = (deps.now ?? (() => new Date()))();
   const at = now.toISOString();
@@ -85,17 +85,22 @@ export async function startBackupOperation(deps: Deps, database: Database, kind:
   return { backup, operation: await startWorkflow(deps, 'Backup', operation) };
 }
 
+/** The operations after which a database gets a fresh base backup, and the kind of that backup. */
+const backupAfter = { restore: 'post_restore', upgrade: 'post_upgrade' } as const;
+
 /**
- * After a restore succeeded, a fresh base backup: the restored data runs on a new WAL timeline, so
- * point-in-time recovery to instants after the restore needs a base taken on it. Runs once per restore.
+ * After a restore or an upgrade succeeded, a fresh base backup: restored data runs on a new WAL timeline,
+ * an upgraded server on new binaries, so point-in-time recovery to instants after it starts from a base
+ * taken then. Runs once per operation.
  */
-export async function backupAfterRestore(deps: Deps, restore: Pick<Operation, 'id' | 'databaseId' | 'kind' | 'status' | 'finishedAt'>) {
-  if (restore.kind !== 'restore' || restore.status !== 'succeeded' || !restore.finishedAt) return undefined;
-  const database = await deps.store.getDatabase(restore.databaseId);
+export async function backupAfterChange(deps: Deps, change: Pick<Operation, 'id' | 'databaseId' | 'kind' | 'status' | 'finishedAt'>) {
+  if (!(change.kind === 'restore' || change.kind === 'upgrade') || change.status !== 'succeeded' || !change.finishedAt) return undefined;
+  const kind = backupAfter[change.kind];
+  const database = await deps.store.getDatabase(change.databaseId);
   if (database?.status !== 'running') return undefined;
   const backups = await deps.store.listBackups(database.id);
-  if (backups.some((b) => b.kind === 'post_restore' && b.startedAt >= restore.finishedAt!)) return undefined;
-  return startBackupOperation(deps, database, 'post_restore');
+  if (backups.some((b) => b.kind === kind && b.startedAt >= change.finishedAt!)) return undefined;
+  return startBackupOperation(deps, database, kind);
 }
 
 export async function requestBackup(deps: Deps, caller: Caller, idOrName: string) {

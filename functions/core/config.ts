@@ -4,7 +4,7 @@
  */
 
 /** The long operations, one Standard state machine each. */
-export const workflowNames = ['Provision', 'Deprovision', 'Backup', 'Restore', 'RestoreDrill', 'ChangePlan'] as const;
+export const workflowNames = ['Provision', 'Deprovision', 'Backup', 'Restore', 'RestoreDrill', 'ChangePlan', 'Upgrade'] as const;
 export type WorkflowName = (typeof workflowNames)[number];
 
 export const envNames = {

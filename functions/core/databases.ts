@@ -125,6 +125,15 @@ export function newOperation(databaseId: string, accountId: string, kind: Operat
   return { id: newId('op'), databaseId, accountId, kind, status: 'pending', input, steps: [], createdAt: at, updatedAt: at };
 }
 
+/** Starts a long operation on a running database: takes its lock (409 while another runs), then starts its workflow. */
+export async function startOnRunning(
+  deps: Deps, caller: Caller, database: Database, start: { kind: OperationKind; workflow: WorkflowName; input: Record<string, unknown>; at: string },
+): Promise<{ database: Database; operation: Operation }> {
+  const operation = newOperation(database.id, caller.accountId, start.kind, start.input, start.at);
+  await deps.store.startOperation(operation, ['running'], 'running');
+  return { database: { ...database, activeOperation: operation.id }, operation: await startWorkflow(deps, start.workflow, operation) };
+}
+
 export async function startWorkflow(deps: Deps, workflow: WorkflowName, operation: Operation): Promise<Operation> {
   const executionArn = await deps.workflows.start(workflow, { operationId: operation.id, databaseId: operation.databaseId });
   if (!executionArn) return operation;

@@ -130,3 +130,9 @@ export class PlanNotApplied extends DomainError {
   readonly status = 502;
   readonly title = 'The plan change did not take effect';
 }
+
+export class UpgradeNotApplied extends DomainError {
+  override readonly name = 'UpgradeNotApplied';
+  readonly status = 502;
+  readonly title = 'The upgrade did not take effect';
+}

@@ -34,6 +34,11 @@ export class EventPublisher {
     await this.put(detailTypes.planChanged, { databaseId: operation.databaseId, accountId: operation.accountId, operationId: operation.id, ...change });
   }
 
+  /** The engine version of record changed at `at`, from `from` to `to`. */
+  async upgraded(operation: Pick<Operation, 'id' | 'databaseId' | 'accountId'>, change: { from: string; to: string; at: string }): Promise<void> {
+    await this.put(detailTypes.upgraded, { databaseId: operation.databaseId, accountId: operation.accountId, operationId: operation.id, ...change });
+  }
+
   private async put(detailType: string, detail: Record<string, unknown>): Promise<void> {
     const result = await this.client.send(new PutEventsCommand({
       Entries: [{ EventBusName: this.busName, Source: eventSource, DetailType: detailType, Detail: JSON.stringify(detail) }],

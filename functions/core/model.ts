@@ -37,6 +37,8 @@ export const Database = z.object({
   dataKeyVersion: z.number().int().optional(),
   /** A plan change asked for the next maintenance window (`when: maintenance_window`); nothing runs it before then. */
   pendingPlanChange: z.object({ plan: z.string(), requestedAt: z.string() }).optional(),
+  /** An upgrade requested for the maintenance window (`when: maintenance_window`); nothing runs it before the window. */
+  pendingUpgrade: z.object({ version: z.string(), requestedAt: z.string() }).optional(),
   rev: z.number().int(),
   createdAt: z.string(),
   updatedAt: z.string(),
@@ -85,8 +87,8 @@ export function resourceLimits(plan: Plan, hosts: Pick<HostInfo, 'limits'>[]): R
   };
 }
 
-/** `drill`: a restore drill, which restores into a scratch server and holds no lock on the database. `change_plan`: input `{fromPlan, toPlan}`. */
-export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore', 'drill', 'change_plan']);
+/** `drill`: a restore drill, which restores into a scratch server and holds no lock on the database. `change_plan`: input `{fromPlan, toPlan}`; `upgrade`: `{fromVersion, toVersion}`. */
+export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore', 'drill', 'change_plan', 'upgrade']);
 export type OperationKind = z.infer<typeof OperationKind>;
 
 export const OperationStatus = z.enum(['pending', 'running', 'succeeded', 'failed', 'rolled_back']);
@@ -121,7 +123,7 @@ export const Operation = z.object({
 });
 export type Operation = z.infer<typeof Operation>;
 
-export const BackupKind = z.enum(['scheduled', 'manual', 'pre_restore', 'post_restore']);
+export const BackupKind = z.enum(['scheduled', 'manual', 'pre_restore', 'post_restore', 'post_upgrade']);
 export type BackupKind = z.infer<typeof BackupKind>;
 
 /**

@@ -1,13 +1,14 @@
-import { maxJobWaitSeconds, type EnsureInstance, type StartRestore } from './agent-api.ts';
+import { maxJobWaitSeconds, TableStats, type EnsureInstance, type StartRestore } from './agent-api.ts';
 import { findPlan, postgresSettings, sameSetting } from './catalog.ts';
 import type { AgentClient } from './agent-client.ts';
 import { backupOutcome, DrillInput, RestoreInput } from './backups.ts';
-import { BackupFailed, InstanceFailed, PlanNotApplied, RestoreFailed, Unprocessable } from './errors.ts';
+import { BackupFailed, InstanceFailed, PlanNotApplied, RestoreFailed, Unprocessable, UpgradeNotApplied } from './errors.ts';
 import type { EventPublisher } from './events.ts';
 import { type KeyWrapper, newWrappedDataKey } from './keys.ts';
 import type { Database, DatabaseStatus, Operation } from './model.ts';
 import { ChangePlanInput, usageProblems } from './plans.ts';
 import type { StepInput } from './steps.ts';
+import { UpgradeInput } from './upgrades.ts';
 import type { Store } from './store.ts';
 
 /** What the workflows' steps do, as plain functions of their dependencies. */
@@ -75,10 +76,40 @@ export async function precheckPlan(deps: Pick<StepDeps, 'store' | 'agent'>, inpu
   if (problems.length > 0) throw new Unprocessable(problems.join('; '));
 }
 
-/** The agent restarts the server with the target plan's settings (same port); the poll that follows waits for health. */
-export async function resizeInstance(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+// ---- upgrades (minor: a restart on other binaries): precheck, then the steps above, verify; revert on any failure
+
+/** Runs the upgrade's blocking checks again on the live server, and lists every user table for VerifyUpgrade. */
+export async function precheckUpgrade(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<TableStats> {
   const { operation, database } = await load(deps.store, input);
-  await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, ChangePlanInput.parse(operation.input).toPlan));
+  const { toVersion } = UpgradeInput.parse(operation.input);
+  const blocking = (await deps.agent.upgradeChecks(database.id, toVersion)).checks
+    .filter((c) => c.severity === 'blocking' && c.appliesTo.includes('minor'));
+  if (blocking.length > 0) throw new Unprocessable(blocking.map((c) => c.detail).join('; '));
+  return deps.agent.tableStats(database.id);
+}
+
+/**
+ * The server says it runs the target version, and every user table counted before is still there and
+ * reads in full (a sequential count). Row counts are not compared: clients write during a minor upgrade.
+ */
+export async function verifyUpgrade(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { tablesBefore?: unknown }): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  const { toVersion } = UpgradeInput.parse(operation.input);
+  const [usage, after] = await Promise.all([deps.agent.usage(database.id), deps.agent.tableStats(database.id)]);
+  const wrong: string[] = [];
+  if (usage.serverVersion.split(' ')[0] !== toVersion) wrong.push(`the server says ${usage.serverVersion}, not ${toVersion}`);
+  const before = TableStats.parse(input.tablesBefore);
+  const key = (t: TableStats['tables'][number]) => `${t.database}.${t.schema}.${t.name}`;
+  const readable = new Set(after.tables.map(key));
+  const missing = before.tables.map(key).filter((table) => !readable.has(table));
+  if (missing.length > 0) wrong.push(`tables gone: ${missing.join(', ')}`);
+  if (wrong.length > 0) throw new UpgradeNotApplied(wrong.join('; '));
+}
+
+/** The agent restarts every server not yet on the target spec (same endpoint); the poll that follows waits for health. */
+export async function applyToInstance(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  await deps.agent.ensureInstance(database.id, await targetSpec(deps.store, operation, database));
 }
 
 /** The server reads back every setting of the target plan, and the database's URL still reaches it. */
@@ -103,27 +134,36 @@ const nodesOf = (planId: string) => findPlan(planId)?.nodes ?? 1;
 const targetPlanOf = (operation: Operation, database: Database) =>
   (operation.kind === 'change_plan' ? ChangePlanInput.parse(operation.input).toPlan : database.plan);
 
-/** Between two 2-node plans the change rolls: the replica, then a switchover, then the old primary. */
-const isRolling = (operation: Operation) => {
+/**
+ * A change rolls when the database has two nodes before and after it (between business plans, or an
+ * upgrade of a business database): the replica first, then a switchover, then the old primary.
+ */
+function isRolling(operation: Operation, database: Database): boolean {
+  if (operation.kind === 'upgrade') return nodesOf(database.plan) === 2;
   const { fromPlan, toPlan } = ChangePlanInput.parse(operation.input);
   return nodesOf(fromPlan) === 2 && nodesOf(toPlan) === 2;
-};
+}
 
-/** Rolling: the replica restarts on the target plan's settings while the primary keeps serving on the old ones. */
-export async function resizeReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+/** The spec the operation brings the server to: the target plan's settings, or the target version. */
+async function targetSpec(store: Store, operation: Operation, database: Database): Promise<EnsureInstance> {
+  if (operation.kind === 'upgrade') return { ...(await instanceSpec(store, database)), version: UpgradeInput.parse(operation.input).toVersion };
+  return instanceSpec(store, database, ChangePlanInput.parse(operation.input).toPlan);
+}
+
+/** Rolling: the replica restarts on the target spec while the primary keeps serving on the old one. */
+export async function applyToReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
-  if (!isRolling(operation)) return;
-  await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, ChangePlanInput.parse(operation.input).toPlan), 'replica');
+  if (isRolling(operation, database)) await deps.agent.ensureInstance(database.id, await targetSpec(deps.store, operation, database), 'replica');
 }
 
 /**
- * Rolling: the resized replica becomes the primary behind the same endpoint (the agent waits for it to
- * catch up, holds new connections, promotes it once it has every commit); the old primary rejoins as
- * its replica and is resized by ResizeInstance. Named by the operation, so a retried call does not switch back.
+ * Rolling: the replica, on the target spec, becomes the primary behind the same endpoint (the agent waits
+ * for it to catch up, holds new connections, promotes it once it has every commit); the old primary
+ * rejoins as its replica and gets the target spec next. Named by the operation, so a retried call does not switch back.
  */
 export async function switchover(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
-  if (isRolling(operation)) await deps.agent.switchover(database.id, { id: operation.id });
+  if (isRolling(operation, database)) await deps.agent.switchover(database.id, { id: operation.id });
 }
 
 /** To a 1-node plan: the replica goes before the primary is resized (a no-op when there is none). */
@@ -159,17 +199,18 @@ async function replicaCaughtUp(agent: AgentClient, databaseId: string): Promise<
 const revertHealthMs = 45_000;
 
 /**
- * Puts the previous plan's settings back and waits until the server runs on them, then its node count
- * (the replica added or removed, and waited for until caught up); a no-op when nothing changed.
+ * Puts the previous spec back (the plan or version of record: it changes only when the operation
+ * succeeds) and waits until the server runs on it, then its node count (the replica added or removed,
+ * and waited for until caught up); a no-op when nothing changed.
  */
-export async function revertPlan(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+export async function revertChange(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   const { operation, database } = await load(deps.store, input);
-  const { fromPlan } = ChangePlanInput.parse(operation.input);
+  const fromPlan = operation.kind === 'change_plan' ? ChangePlanInput.parse(operation.input).fromPlan : database.plan;
   await deps.agent.ensureInstance(database.id, await instanceSpec(deps.store, database, fromPlan));
   const deadline = Date.now() + revertHealthMs;
   const until = async (what: string, ready: () => Promise<boolean>) => {
     while (!(await ready())) {
-      if (Date.now() > deadline) throw new InstanceFailed(`${what} did not come back on ${database.plan} within ${revertHealthMs / 1000} s`);
+      if (Date.now() > deadline) throw new InstanceFailed(`${what} did not come back on ${database.plan} (${database.version}) within ${revertHealthMs / 1000} s`);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   };
@@ -334,9 +375,11 @@ export async function completeOperation(deps: StepDeps, input: StepInput): Promi
     restore: async () => (RestoreInput.parse(operation.input).into === 'new' ? newServer() : { status: 'running' }),
     drill: async () => ({ status: database.status }),
     change_plan: async () => ({ status: 'running', plan: ChangePlanInput.parse(operation.input).toPlan }),
+    upgrade: async () => ({ status: 'running', version: UpgradeInput.parse(operation.input).toVersion }),
   };
   if (!(await finish(deps, operation, database, { status: 'succeeded', at }, await changes[operation.kind]()))) return;
   if (operation.kind === 'change_plan') await deps.events.planChanged(operation, { from: database.plan, to: ChangePlanInput.parse(operation.input).toPlan, at });
+  if (operation.kind === 'upgrade') await deps.events.upgraded(operation, { from: database.version, to: UpgradeInput.parse(operation.input).toVersion, at });
 }
 
 type FinishChanges = Parameters<Store['finishOperation']>[2];
@@ -354,9 +397,9 @@ export async function failOperation(deps: Omit<StepDeps, 'agent'>, input: StepIn
     ? [{ Put: { TableName: deps.store.table, Item: deps.store.backupItem({ ...backup, status: 'failed', reason, finishedAt: at }) } }]
     : [];
   // The database was not touched by a failed backup, nor by a failed restore in place (the host put the old data back),
-  // nor by a failed plan change whose revert worked (the server runs on its previous plan).
+  // nor by a failed plan change or upgrade whose revert worked (the server runs on its previous plan and version).
   const rolledBack = (operation.kind === 'restore' && RestoreInput.parse(operation.input).into === 'same')
-    || (operation.kind === 'change_plan' && !input.cleanupError);
+    || ((operation.kind === 'change_plan' || operation.kind === 'upgrade') && !input.cleanupError);
   const untouched = operation.kind === 'backup' || rolledBack;
   await finish(
     deps, operation, database,
@@ -420,7 +463,7 @@ export async function reapOperation(deps: ReaperDeps, ref: Pick<Operation, 'id' 
   if (operation.kind === 'provision') await removeInstance(deps.agent, input);
   if (operation.kind === 'restore') await abandonRestore(deps, input);
   if (operation.kind === 'drill') await removeScratch(deps, input);
-  if (operation.kind === 'change_plan') await revertPlan(deps, input);
+  if (operation.kind === 'change_plan' || operation.kind === 'upgrade') await revertChange(deps, input);
   await failOperation(deps, { ...input, error: { Error: 'ExecutionLost', Cause: 'the workflow stopped before the operation finished; cleaned up' } });
   return true;
 }

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import type { InstanceUsage } from './agent-api.ts';
 import type { AgentClient } from './agent-client.ts';
 import { findPlan, type Plan, planIds, postgresSettings } from './catalog.ts';
-import { type Deps, findDatabase, newOperation, startWorkflow } from './databases.ts';
+import { type Deps, findDatabase, startOnRunning } from './databases.ts';
 import { OperationInProgress, Unprocessable } from './errors.ts';
 import type { Caller, Database, Operation } from './model.ts';
 
@@ -140,9 +140,8 @@ export async function requestPlanChange(deps: PlanDeps, caller: Caller, idOrName
   }
   const at = (deps.now ?? (() => new Date()))().toISOString();
   if (body.when === 'maintenance_window') {
-    return { database: await deps.store.setPendingPlanChange(database.id, { plan: to.id, requestedAt: at }) };
+    return { database: await deps.store.setPendingChange(database.id, { pendingPlanChange: { plan: to.id, requestedAt: at } }) };
   }
-  const operation = newOperation(database.id, caller.accountId, 'change_plan', { fromPlan: database.plan, toPlan: to.id } satisfies ChangePlanInput, at);
-  await deps.store.startOperation(operation, ['running'], 'running');
-  return { database: { ...database, activeOperation: operation.id }, operation: await startWorkflow(deps, 'ChangePlan', operation) };
+  const input: ChangePlanInput = { fromPlan: database.plan, toPlan: to.id };
+  return startOnRunning(deps, caller, database, { kind: 'change_plan', workflow: 'ChangePlan', input, at });
 }

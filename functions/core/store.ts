@@ -176,6 +176,8 @@ export class Store {
       endpoint?: Database['endpoint'];
       /** A plan change that succeeded: the new plan of record. */
       plan?: string;
+      /** An upgrade that succeeded: the new version of record. */
+      version?: string;
       deleted?: { accountId: string; name: string };
       /** With `deleted`: the backups and data key were destroyed, so the pruner has nothing left to visit. */
       purged?: boolean;
@@ -189,6 +191,7 @@ export class Store {
     if (changes.statusReason) { set.push('statusReason = :reason'); values[':reason'] = changes.statusReason; } else remove.push('statusReason');
     if (changes.endpoint) { set.push('endpoint = :endpoint'); values[':endpoint'] = changes.endpoint; }
     if (changes.plan) { set.push('#plan = :plan'); values[':plan'] = changes.plan; }
+    if (changes.version) { set.push('#version = :version'); values[':version'] = changes.version; }
     if (changes.deleted) remove.push('gsi1pk', 'gsi1sk', 'endpoint');
     if (changes.purged) remove.push('gsi3pk', 'gsi3sk', 'dataKeyVersion');
     const items: TransactItems = [
@@ -198,7 +201,7 @@ export class Store {
           Key: dbKey(operation.databaseId),
           UpdateExpression: `SET ${set.join(', ')} REMOVE ${remove.join(', ')}`,
           ConditionExpression: 'activeOperation = :op',
-          ExpressionAttributeNames: { '#status': 'status', ...(changes.plan ? { '#plan': 'plan' } : {}) },
+          ExpressionAttributeNames: { '#status': 'status', ...(changes.plan ? { '#plan': 'plan' } : {}), ...(changes.version ? { '#version': 'version' } : {}) },
           ExpressionAttributeValues: values,
         },
       },
@@ -396,21 +399,23 @@ export class Store {
   }
 
   /** Records a plan change for the next maintenance window (a newer request replaces an older one); the database must be running. */
-  async setPendingPlanChange(databaseId: string, pending: NonNullable<Database['pendingPlanChange']>): Promise<Database> {
+  /** Records a change queued for the maintenance window (a plan change or an upgrade) on a running database. */
+  async setPendingChange(databaseId: string, pending: Pick<Database, 'pendingPlanChange'> | Pick<Database, 'pendingUpgrade'>): Promise<Database> {
+    const [[name, value]] = Object.entries(pending) as [[string, { requestedAt: string }]];
     try {
       const { Attributes } = await this.doc.send(new UpdateCommand({
         TableName: this.table,
         Key: dbKey(databaseId),
-        UpdateExpression: 'SET pendingPlanChange = :pending, updatedAt = :at, rev = rev + :one',
+        UpdateExpression: 'SET #pending = :pending, updatedAt = :at, rev = rev + :one',
         ConditionExpression: 'attribute_exists(pk) AND #status = :running',
-        ExpressionAttributeNames: { '#status': 'status' },
-        ExpressionAttributeValues: { ':pending': pending, ':at': pending.requestedAt, ':one': 1, ':running': 'running' },
+        ExpressionAttributeNames: { '#status': 'status', '#pending': name },
+        ExpressionAttributeValues: { ':pending': value, ':at': value.requestedAt, ':one': 1, ':running': 'running' },
         ReturnValues: 'ALL_NEW',
       }));
       return Database.parse(strip(Attributes!));
     } catch (error) {
       if (!(error instanceof ConditionalCheckFailedException)) throw error;
-      throw new Conflict(`the database is ${(await this.getDatabase(databaseId))?.status ?? 'gone'}; a plan change needs it running`);
+      throw new Conflict(`the database is ${(await this.getDatabase(databaseId))?.status ?? 'gone'}; a queued change needs it running`);
     }
   }
 

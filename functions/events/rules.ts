@@ -10,6 +10,8 @@ export const detailTypes = {
   restoreDrillFailed: 'dbplane.restore-drill.failed',
   /** Billing-relevant: a plan change succeeded (`from`, `to`, `at`). */
   planChanged: 'dbplane.database.plan-changed',
+  /** An upgrade succeeded: the engine version of record changed (`from`, `to`, `at`). */
+  upgraded: 'dbplane.database.upgraded',
 } as const;
 
 export interface EventRule {
@@ -27,9 +29,9 @@ export const eventRules: readonly EventRule[] = [
     handler: 'handler',
   },
   {
-    id: 'BackupAfterRestore',
+    id: 'BackupAfterChange',
     pattern: { source: [eventSource], 'detail-type': [detailTypes.operationFinished] },
-    entry: 'functions/events/backup-after-restore.ts',
+    entry: 'functions/events/backup-after-change.ts',
     handler: 'handler',
   },
 ];

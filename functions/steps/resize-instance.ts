@@ -1,5 +1,5 @@
-import { resizeInstance } from '#core/operations.ts';
+import { applyToInstance } from '#core/operations.ts';
 import { stepHandler } from '#core/steps.ts';
 import { stepDeps } from './deps.ts';
 
-export const handler = stepHandler({ step: 'resize server' }, async (input) => resizeInstance(await stepDeps(), input));
+export const handler = stepHandler({ step: 'resize server' }, async (input) => applyToInstance(await stepDeps(), input));

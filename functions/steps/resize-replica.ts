@@ -1,5 +1,5 @@
-import { resizeReplica } from '#core/operations.ts';
+import { applyToReplica } from '#core/operations.ts';
 import { stepHandler } from '#core/steps.ts';
 import { stepDeps } from './deps.ts';
 
-export const handler = stepHandler({ step: 'resize the replica' }, async (input) => resizeReplica(await stepDeps(), input));
+export const handler = stepHandler({ step: 'resize the replica' }, async (input) => applyToReplica(await stepDeps(), input));

@@ -34,6 +34,11 @@ export const stateNames = {
   removeReplica: 'RemoveReplica',
   resizeReplica: 'ResizeReplica',
   switchover: 'Switchover',
+  precheckUpgrade: 'PrecheckUpgrade',
+  upgradeReplica: 'UpgradeReplica',
+  upgradeInstance: 'UpgradeInstance',
+  verifyUpgrade: 'VerifyUpgrade',
+  revertUpgrade: 'RevertUpgrade',
   addReplica: 'AddReplica',
   waitForReplica: 'WaitForReplica',
   checkReplica: 'CheckReplica',
@@ -69,6 +74,11 @@ export const steps = {
   RemoveReplica: 'functions/steps/remove-replica.ts',
   ResizeReplica: 'functions/steps/resize-replica.ts',
   Switchover: 'functions/steps/switchover.ts',
+  PrecheckUpgrade: 'functions/steps/precheck-upgrade.ts',
+  UpgradeReplica: 'functions/steps/upgrade-replica.ts',
+  UpgradeInstance: 'functions/steps/upgrade-instance.ts',
+  VerifyUpgrade: 'functions/steps/verify-upgrade.ts',
+  RevertUpgrade: 'functions/steps/revert-upgrade.ts',
   AddReplica: 'functions/steps/add-replica.ts',
   CheckReplica: 'functions/steps/check-replica.ts',
   CompleteOperation: 'functions/steps/complete-operation.ts',
@@ -89,6 +99,8 @@ export const paths = {
   restoreProgress: '$.restoreProgress',
   /** CheckReplica's result, like `health`. */
   replicaProgress: '$.replicaProgress',
+  /** PrecheckUpgrade's row counts of every user table, which VerifyUpgrade compares. */
+  tablesBefore: '$.tablesBefore',
   /** The caught error, `{ Error, Cause }`, which FailOperation reads. */
   error: '$.error',
   /** An error of the cleanup itself (RemoveInstance during Provision's cleanup), kept apart from `$.error`. */

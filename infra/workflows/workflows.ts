@@ -60,6 +60,7 @@ export class Workflows extends Construct {
       Restore: this.stateMachine('Restore', timeout, (scope) => this.restore(scope)),
       RestoreDrill: this.stateMachine('RestoreDrill', timeout, (scope) => this.restoreDrill(scope)),
       ChangePlan: this.stateMachine('ChangePlan', timeout, (scope) => this.changePlan(scope)),
+      Upgrade: this.stateMachine('Upgrade', timeout, (scope) => this.upgrade(scope)),
     };
   }
 
@@ -309,5 +310,26 @@ export class Workflows extends Construct {
     const waitForReplica = this.waitForReplica(scope, verify.next(complete).next(this.succeed(scope)), rollback);
     return begin.next(precheck).next(removeReplica).next(resizeReplica).next(switchover).next(resize)
       .next(this.waitForHealth(scope, addReplica.next(waitForReplica), rollback));
+  }
+
+  /**
+   * A minor upgrade: BeginOperation → PrecheckUpgrade (blocking checks on the live server; row counts kept at
+   * `$.tablesBefore`) → UpgradeReplica and Switchover (only on 2 nodes: the replica restarts on the new
+   * binaries and becomes the primary) → UpgradeInstance (every server not yet on the target version
+   * restarts on it) → poll CheckInstance → poll CheckReplica → VerifyUpgrade (the version the server
+   * reports, the row counts) → CompleteOperation (the version of record changes only here). Any failure:
+   * RevertUpgrade (the previous version, waited for until healthy) → FailOperation (`rolled_back`) → Failed.
+   */
+  private upgrade(scope: Construct): sfn.IChainable {
+    const failure = this.failure(scope);
+    const rollback = this.cleanupThen(scope, 'RevertUpgrade', failure);
+    const catchAll = <T extends tasks.LambdaInvoke>(task: T) => task.addCatch(rollback, { errors: [sfn.Errors.ALL], resultPath: paths.error }) as T;
+
+    const [begin, upgradeReplica, switchover, upgrade, verify, complete] = this.sequence(
+      scope, ['BeginOperation', 'UpgradeReplica', 'Switchover', 'UpgradeInstance', 'VerifyUpgrade', 'CompleteOperation'], rollback,
+    );
+    const precheck = catchAll(this.task(scope, 'PrecheckUpgrade', { resultPath: paths.tablesBefore }));
+    const waitForReplica = this.waitForReplica(scope, verify.next(complete).next(this.succeed(scope)), rollback);
+    return begin.next(precheck).next(upgradeReplica).next(switchover).next(upgrade).next(this.waitForHealth(scope, waitForReplica, rollback));
   }
 }

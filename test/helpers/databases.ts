@@ -37,8 +37,8 @@ export async function userTablesChecksum(client: pg.Client): Promise<Record<stri
 }
 
 /** Creates a database and waits until it runs. */
-export async function createRunning(api: ApiClient, name: string, plan = 'starter-512') {
-  const created = await api.post('/databases', { name, engine: 'postgresql', plan });
+export async function createRunning(api: ApiClient, name: string, plan = 'starter-512', version?: string) {
+  const created = await api.post('/databases', { name, engine: 'postgresql', plan, ...(version ? { version } : {}) });
   expect(created.status, JSON.stringify(created.body)).toBe(202);
   const operation = await api.waitForOperation(created.body.operation.id);
   expect(operation.status, operation.error).toBe('succeeded');

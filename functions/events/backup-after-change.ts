@@ -1,16 +1,16 @@
 import middy from '@middy/core';
 import type { EventBridgeEvent } from 'aws-lambda';
 import { z } from 'zod';
-import { backupAfterRestore } from '#core/backups.ts';
+import { backupAfterChange } from '#core/backups.ts';
 import { apiDeps } from '../api/deps.ts';
 
 const Detail = z.object({ databaseId: z.string(), operationId: z.string(), kind: z.string(), status: z.string() }).loose();
 
-/** When a restore has finished well, starts the fresh base backup its new timeline needs. */
+/** When a restore or an upgrade has finished well, starts the fresh base backup it needs. */
 export const handler = middy<EventBridgeEvent<string, unknown>>({ timeoutEarlyInMillis: 0 }).handler(async (event) => {
   const detail = Detail.parse(event.detail);
-  if (detail.kind !== 'restore' || detail.status !== 'succeeded') return;
+  if (!['restore', 'upgrade'].includes(detail.kind) || detail.status !== 'succeeded') return;
   const deps = apiDeps();
-  const restore = await deps.store.getDatabaseOperation(detail.databaseId, detail.operationId);
-  if (restore) await backupAfterRestore(deps, restore);
+  const change = await deps.store.getDatabaseOperation(detail.databaseId, detail.operationId);
+  if (change) await backupAfterChange(deps, change);
 });

@@ -1,0 +1,5 @@
+import { applyToReplica } from '#core/operations.ts';
+import { stepHandler } from '#core/steps.ts';
+import { stepDeps } from './deps.ts';
+
+export const handler = stepHandler({ step: 'upgrade the replica' }, async (input) => applyToReplica(await stepDeps(), input));
