@@ -12,7 +12,10 @@ export interface GatewayOptions {
   port: number;
   /** The primary now, or undefined while there is none (stopped, restarting, being swapped); read for every new connection. */
   target: () => GatewayTarget | undefined;
-  /** How long a new connection waits for a target that is missing or refuses, before it is closed. Default: 5 s. */
+  /**
+   * How long a new connection waits for a target that is missing or refuses, before it is closed. Default: 15 s,
+   * longer than a planned restart or switchover takes even on a loaded host, and within common client connect timeouts.
+   */
   waitMs?: number;
 }
 
@@ -30,7 +33,7 @@ const retryEveryMs = 20;
  * byte for byte (whatever the protocol, TLS included). A connection that finds no target, or one that
  * refuses, waits briefly for it (a restart on new settings, a restore swap), then is closed.
  */
-export async function createGateway({ port, target, waitMs = 5_000 }: GatewayOptions): Promise<Gateway> {
+export async function createGateway({ port, target, waitMs = 15_000 }: GatewayOptions): Promise<Gateway> {
   const live = new Set<Socket>();
   let closed = false;
 

@@ -303,13 +303,16 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     }
     if (primaryStale) {
       log('info', 'settings changed; restarting the primary', { instance: managed.stored.id });
+      await checkpoint(managed);
       // New connections wait at the gateway rather than reach a server that is shutting down.
+      const heldSince = Date.now();
       managed.holding = true;
       try {
         await managed.supervisor.stop({ smartMs: sessionGraceMs });
       } finally {
         managed.holding = false;
       }
+      log('info', 'primary stopped', { instance: managed.stored.id, stopMs: Date.now() - heldSince });
       // It starts on the spec: the replica, starting beside it, must match that, not the old settings.
       managed.applied[primarySlot(managed.stored)] = undefined;
     } else if (accessChanged) {
@@ -409,6 +412,15 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     }
   }
 
+  /** A checkpoint before a planned stop leaves the shutdown checkpoint little to write: time clients would wait. */
+  async function checkpoint(managed: Managed): Promise<void> {
+    const { socket } = serverPaths(managed.stored);
+    const client = new pg.Client({ host: socket, port: managed.stored.port, user: adminRole, database: 'postgres', connectionTimeoutMillis: 2_000 });
+    client.on('error', () => undefined);
+    await client.connect().then(() => client.query('CHECKPOINT')).catch(() => undefined);
+    await client.end().catch(() => undefined);
+  }
+
   /** Whether the replica has left recovery: a promotion whose answer was lost may still have happened. */
   async function replicaPromoted(managed: Managed): Promise<boolean> {
     const { port } = managed.stored.replica!;
@@ -505,6 +517,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       }
       const fault = faults.take('switchover', id);
       if (fault) throw new InjectedFault(fault.message);
+      await checkpoint(managed);
       const heldSince = Date.now();
       managed.holding = true;
       try {

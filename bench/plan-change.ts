@@ -1,12 +1,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { StateMachine } from 'aws-local-stepfunctions';
 import pg from 'pg';
 import { startRuntime } from '../local/runtime.ts';
-import { apiClient, newTenant, type ApiClient } from '../test/helpers/api.ts';
-import { percentile } from './timing.ts';
+import { apiClient, newTenant } from '../test/helpers/api.ts';
+import { type Change, measureChange, ms, probeIntervalMs, succeeded, summary } from './probe.ts';
 
 /**
  * `npm run bench:plan-change`: plan changes through the API (POST /databases/{id}/plan, when: now, until
@@ -19,128 +17,14 @@ import { percentile } from './timing.ts';
  */
 
 const runs = Number(process.env.BENCH_RUNS ?? 10);
-const probeIntervalMs = 50;
-/** A write that has not committed after this long counts as failed (the gateway may hold a connection meanwhile). */
-const attemptTimeoutMs = 10_000;
-
-/**
- * State transitions per execution, as Step Functions bills them: every state entered, plus every retry of a
- * state. The runtime runs in this process, so every execution's event log (aws-local-stepfunctions) is read here.
- */
-const transitions = new Map<string, number>();
-const run = StateMachine.prototype.run;
-StateMachine.prototype.run = function (input, options) {
-  const execution = run.call(this, input, options);
-  const name = options?.context?.Execution?.Name;
-  if (typeof name === 'string') {
-    void (async () => {
-      for await (const event of execution.eventLogs) {
-        if (event.type === 'StateEntered' || event.type === 'StateRetried') transitions.set(name, (transitions.get(name) ?? 0) + 1);
-      }
-    })();
-  }
-  return execution;
-};
-
-interface Probe {
-  /** Ends the probe; the times of every committed write and the number of failed attempts. */
-  stop(): Promise<{ commits: number[]; failures: number; errors: string[] }>;
-}
-
-/** One new connection per write, as a client that reconnects would: it measures what a new client sees. */
-function startProbe(connectionString: string): Probe {
-  const commits: number[] = [];
-  const errors: string[] = [];
-  let failures = 0;
-  let running = true;
-  const loop = (async () => {
-    for (let next = performance.now(); running; next += probeIntervalMs) {
-      await sleep(Math.max(0, next - performance.now()));
-      if (!running) break;
-      const client = new pg.Client({ connectionString, connectionTimeoutMillis: attemptTimeoutMs, query_timeout: attemptTimeoutMs });
-      client.on('error', () => undefined);
-      try {
-        await client.connect();
-        await client.query('INSERT INTO probe (at) VALUES (now())');
-        commits.push(performance.now());
-      } catch (error) {
-        failures++;
-        errors.push((error as Error).message);
-      } finally {
-        await client.end().catch(() => undefined);
-      }
-      // A slow attempt is not followed by a burst of catch-up writes.
-      next = Math.max(next, performance.now() - probeIntervalMs);
-    }
-  })();
-  return {
-    async stop() {
-      running = false;
-      await loop;
-      return { commits, failures, errors };
-    },
-  };
-}
-
-interface Change {
-  from: string;
-  to: string;
-  /** The operation's end: a change that did not succeed is reported, not retried. */
-  status: string;
-  error?: string;
-  ms: number;
-  failures: number;
-  stallMs: number;
-  /** Writes committed while the probe ran (around the change too). */
-  commits: number;
-  transitions: number;
-  errors: string[];
-}
-
-async function changePlan(api: ApiClient, id: string, from: string, to: string, url: string): Promise<Change> {
-  const probe = startProbe(url);
-  await sleep(500);
-  const start = performance.now();
-  const started = await api.post(`/databases/${id}/plan`, { plan: to, when: 'now' });
-  if (started.status !== 202) throw new Error(`plan change ${from} → ${to}: ${started.status} ${JSON.stringify(started.body)}`);
-  const operation = await api.waitForOperation(started.body.operation.id, 300_000);
-  const end = performance.now();
-  await sleep(500);
-  const { commits, failures, errors } = await probe.stop();
-  // The stall: the longest gap between committed writes around and inside [start, end], cut at both ends.
-  const times = [start, ...commits.filter((t) => t > start && t < end), end];
-  const before = commits.filter((t) => t <= start).at(-1);
-  const after = commits.find((t) => t >= end);
-  if (before !== undefined) times[0] = before;
-  if (after !== undefined) times[times.length - 1] = after;
-  const gaps = times.slice(1).map((t, i) => t - times[i]);
-  return { from, to, status: operation.status, error: operation.error, ms: end - start, failures, stallMs: Math.max(...gaps), commits: commits.length, transitions: transitions.get(operation.id) ?? 0, errors };
-}
-
-/** POSTs a request that starts an operation and waits until it succeeded; the response body. */
-async function succeeded(api: ApiClient, path: string, body: unknown): Promise<any> {
-  const started = await api.post(path, body);
-  if (started.status !== 202) throw new Error(`POST ${path}: ${started.status} ${JSON.stringify(started.body)}`);
-  const operation = await api.waitForOperation(started.body.operation.id, 300_000);
-  if (operation.status !== 'succeeded') throw new Error(`POST ${path}: ${operation.status} ${operation.error}`);
-  return started.body;
-}
-
-const ms = (value: number) => `${Math.round(value)} ms`;
-const summary = (values: number[], format: (v: number) => string) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  return `${format(percentile(sorted, 50))} / ${format(sorted.at(-1)!)}`;
-};
-
 const dataDir = await mkdtemp(join(tmpdir(), 'dbplane-bench-plan-'));
 const runtime = await startRuntime({ dataDir, port: 0 });
 const results: { pair: string; plans: string[]; changes: Change[]; lost: number }[] = [];
 try {
   const admin = apiClient(runtime.apiUrl, runtime.adminToken);
   const { api } = await newTenant(admin, runtime.apiUrl, 'bench');
-  // A business database gets its replica from a plan change (Provision makes one node): start both on starter plans.
   const pairs = [
-    { name: 'business', setup: ['starter-1024', 'business-1024'], plans: ['business-1024', 'business-2048'] },
+    { name: 'business', setup: ['business-1024'], plans: ['business-1024', 'business-2048'] },
     { name: 'starter', setup: ['starter-512'], plans: ['starter-512', 'starter-1024'] },
   ];
   for (const pair of pairs) {
@@ -159,7 +43,11 @@ try {
       // From wherever the last change left it (a rolled-back change leaves it on its previous plan).
       const from: string = (await api.get(`/databases/${id}`)).body.plan;
       const to = from === pair.plans[0] ? pair.plans[1] : pair.plans[0];
-      const change = await changePlan(api, id, from, to, url.toString());
+      const change = await measureChange(api, url.toString(), from, to, async () => {
+        const started = await api.post(`/databases/${id}/plan`, { plan: to, when: 'now' });
+        if (started.status !== 202) throw new Error(`plan change ${from} → ${to}: ${started.status} ${JSON.stringify(started.body)}`);
+        return started.body.operation.id;
+      });
       changes.push(change);
       process.stderr.write(`${pair.name} ${from} → ${to}: ${change.status}${change.error ? ` (${change.error})` : ''} ${ms(change.ms)}, ${change.failures} failed, stall ${ms(change.stallMs)}, ${change.transitions} transitions${change.errors.length ? ` (${[...new Set(change.errors)].join('; ')})` : ''}\n`);
     }
