@@ -168,7 +168,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         await makePrivateDir(own.log, runAs);
         await makePrivateDir(own.socket, runAs);
         await stopStalePostmaster(own.data);
-        // Archiving settings on a standby too: they take effect when it is promoted.
+        // Archiving settings on a standby too: archive_command takes effect when it is promoted.
         const archiving = await serverSettings?.(id, spec.dataKey) ?? [];
         if (isPrimary()) {
           if (!(await exists(join(own.data, 'PG_VERSION')))) await initCluster(binaries, own, runAs);
@@ -178,7 +178,10 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
           if (!(await exists(join(own.data, 'PG_VERSION')))) throw new Error('the replica has no data; ensure it again');
           const settings = standbyServerSettings(spec.settings, managed.applied[primarySlot(managed.stored)]?.settings);
           managed.applied[slot] = { version: spec.version, settings };
-          await writeServerConfig(own, replica().port, settings, runAs, [...archiving, ...standbySettings(port, replica().password)]);
+          // It streams from the primary (the slot keeps what it lacks): with a restore_command its promotion would
+          // first probe the archive, a process per timeline file, while clients wait at the gateway.
+          const streaming = archiving.filter((line) => !line.startsWith('restore_command'));
+          await writeServerConfig(own, replica().port, settings, runAs, [...streaming, ...standbySettings(port, replica().password)]);
           await writeStandbySignal(own.data, runAs);
         }
       },
@@ -389,8 +392,13 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     const { socket } = replicaPaths(managed.stored, port);
     const client = await connectWhenReady(socket, port, () => managed.replica?.state().status === 'running');
     try {
-      const { rows: [promoted] } = await client.query<{ done: boolean }>('SELECT pg_promote(true, 30) AS done');
-      if (!promoted?.done) throw new Error('the replica was not promoted within 30 s');
+      // pg_promote(true) would check every 100 ms; clients wait meanwhile, so this checks every 10 ms.
+      await client.query('SELECT pg_promote(false)');
+      const deadline = Date.now() + 30_000;
+      while ((await client.query<{ recovering: boolean }>('SELECT pg_is_in_recovery() AS recovering')).rows[0]!.recovering) {
+        if (Date.now() > deadline) throw new Error('the replica was not promoted within 30 s');
+        await sleep(10);
+      }
     } finally {
       await client.end().catch(() => undefined);
     }
@@ -519,11 +527,13 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       if (fault) throw new InjectedFault(fault.message);
       await checkpoint(managed);
       const heldSince = Date.now();
+      let stoppedMs = 0;
       managed.holding = true;
       try {
         // A clean shutdown sends every WAL record to the streaming replica before the server exits, so
         // the promotion below replays every acknowledged commit.
         await managed.supervisor.stop({ smartMs: sessionGraceMs });
+        stoppedMs = Date.now() - heldSince;
         await promoteReplica(managed);
       } catch (error) {
         if (!(await replicaPromoted(managed))) {
@@ -536,7 +546,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       managed.stored = { ...managed.stored, port: replica!.port, replica: { ...replica!, port }, swapped: !managed.stored.swapped, lastSwitchover: switchoverId };
       [managed.supervisor, managed.replica] = [managed.replica, managed.supervisor];
       managed.holding = false;
-      log('info', 'switched over', { instance: id, primaryPort: managed.stored.port, heldMs: Date.now() - heldSince });
+      log('info', 'switched over', { instance: id, primaryPort: managed.stored.port, stoppedMs, heldMs: Date.now() - heldSince });
       await saveState(managed.stored);
       await rejoinAsReplica(managed);
       return viewWithNodes(managed);
