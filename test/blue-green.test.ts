@@ -1,0 +1,190 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
+import {
+  cleanupSource, copySchema, createTarget, drain, endSourceSessions, finishTarget, prepareSource, replicationProgress, subscribe,
+  syncSequences, upgradeName, type AdminEndpoint,
+} from '../agent/blue-green.ts';
+import { findPostgresInstalls } from '../agent/host.ts';
+import { adminRole, resolveRunAs, type RunAs, type ServerPaths } from '../agent/postgres.ts';
+import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
+import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
+
+const secret = 'test-secret';
+const password = 'blue green password';
+let dataDir: string;
+let agent: AgentProcess;
+/** Target servers this test started; stopped by pid at the end. */
+const targets: ChildProcess[] = [];
+const call = agentCaller(() => agent, secret);
+
+async function stopServer(server: ChildProcess): Promise<void> {
+  if (server.exitCode !== null || server.signalCode !== null) return;
+  const exited = new Promise((resolve) => server.once('exit', resolve));
+  server.kill('SIGINT');
+  await exited;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer().once('error', reject).listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+async function runningInstance(id: string, spec: EnsureInstance): Promise<AdminEndpoint> {
+  expect((await call('PUT', `/v1/instances/${id}`, spec)).status).toBe(200);
+  const instance = await eventually(async () => {
+    const parsed = Instance.parse((await call('GET', `/v1/instances/${id}`)).body);
+    return parsed.status === 'running' ? parsed : undefined;
+  }, 60_000);
+  return { port: instance.port, paths: { socket: join(dataDir, 'sockets', String(instance.port)) } };
+}
+
+async function adminRows(server: AdminEndpoint, sql: string): Promise<unknown[]> {
+  const client = new pg.Client({ host: server.paths.socket, port: server.port, user: adminRole, database: 'app' });
+  await client.connect();
+  try {
+    return (await client.query(sql)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+/** Inserts, updates and deletes on the source as the customer, until its session is ended (as the cutover does). */
+async function writeUntilEnded(port: number): Promise<number> {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'app', password, database: 'app' });
+  client.on('error', () => undefined);
+  await client.connect();
+  let writes = 0;
+  try {
+    for (;;) {
+      await client.query("INSERT INTO items (note) VALUES ('during')");
+      await client.query('INSERT INTO events (payload) VALUES ($1)', [writes]);
+      if (writes % 10 === 0) await client.query("UPDATE items SET note = 'updated' WHERE id = (SELECT min(id) FROM items WHERE note <> 'updated')");
+      if (writes % 25 === 0) await client.query('DELETE FROM events WHERE id = (SELECT min(id) FROM events)');
+      writes++;
+    }
+  } catch {
+    return writes;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+describe('blue/green building blocks', () => {
+  let host: HostInfo;
+  let runAs: RunAs | undefined;
+
+  beforeAll(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'dbplane-bg-'));
+    agent = await spawnAgent({ dataDir, secret });
+    host = HostInfo.parse((await call('GET', '/v1/host')).body);
+    runAs = await resolveRunAs();
+  });
+
+  afterAll(async () => {
+    await Promise.all(targets.map(stopServer));
+    await agent?.stop();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it.each([15, 14])('moves a %i server with rows written during the sync to 17, and cuts over with sequences in step', async (major) => {
+    const version = (m: number) => host.versions.find((v) => v.version.startsWith(`${m}.`))!.version;
+    const spec = appInstanceSpec(host, password, { version: version(major) });
+    const id = `bg-source-${major}`;
+    const source = await runningInstance(id, spec);
+    await appQuery(source.port, password, `
+      CREATE TABLE items (id serial PRIMARY KEY, note text NOT NULL);
+      CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload int NOT NULL, at timestamptz DEFAULT now());
+      INSERT INTO items (note) SELECT 'before ' || i FROM generate_series(1, 50000) i;
+      INSERT INTO events (payload) SELECT i FROM generate_series(1, 20000) i;`);
+
+    const prepared = await prepareSource(source);
+    expect(prepared).toEqual({ databases: ['app'], restartNeeded: true });
+    // The caller restarts: here through the agent, with a changed setting.
+    await runningInstance(id, { ...spec, settings: { ...spec.settings, work_mem: '8MB' } });
+    await eventually(async () => ((await prepareSource(source)).restartNeeded ? undefined : true));
+
+    const targetPort = await freePort();
+    const paths: ServerPaths = { data: join(dataDir, `green-${major}`, 'data'), log: join(dataDir, `green-${major}`, 'log'), socket: join(dataDir, 'sockets', String(targetPort)) };
+    const target = { port: targetPort, paths };
+    const install = findPostgresInstalls(join(import.meta.dirname, '..', 'node_modules')).find((i) => i.version === version(17))!;
+    const targetServer = await createTarget({ install, paths, port: targetPort, settings: spec.settings, runAs });
+    targets.push(targetServer);
+
+    const writer = writeUntilEnded(source.port);
+    await copySchema(source, target, runAs);
+    // Retried: idempotent.
+    await copySchema(source, target, runAs);
+    await subscribe(source, target);
+    await subscribe(source, target);
+    const copied = await eventually(async () => {
+      const progress = await replicationProgress(source, target);
+      return progress.every((p) => p.initialCopyDone) ? progress : undefined;
+    }, 60_000);
+    expect(copied).toEqual([expect.objectContaining({ database: 'app', subscribed: true, tables: 2, tablesReady: 2, errors: 0 })]);
+    // Writes keep streaming after the initial copy.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+
+    const started = performance.now();
+    const ended = await endSourceSessions(source);
+    const endedMs = performance.now() - started;
+    const drained = await drain(source, target);
+    const sequences = await syncSequences(source, target);
+    const cutoverMs = performance.now() - started;
+    const writes = await writer;
+    console.log(`blue/green cutover ${major} → 17 (end sessions + drain + sequences): ${cutoverMs.toFixed(0)} ms — ${ended} session ended in ${endedMs.toFixed(0)} ms, `
+      + `drained to ${drained.lsn} in ${drained.waitedMs} ms, ${sequences} sequences in ${(cutoverMs - endedMs - drained.waitedMs).toFixed(0)} ms; `
+      + `${writes} writer iterations during the sync`);
+
+    expect(ended).toBe(1);
+    expect(writes).toBeGreaterThan(50);
+    expect(sequences).toBe(2);
+    for (const sql of ['SELECT id, note FROM items ORDER BY id', 'SELECT id, payload, at FROM events ORDER BY id']) {
+      const [onSource, onTarget] = [await adminRows(source, sql), await adminRows(target, sql)];
+      expect(onTarget.length).toBe(onSource.length);
+      expect(onTarget).toEqual(onSource);
+    }
+    // A session ended between its two inserts leaves one more item than full iterations.
+    const [during] = await adminRows(target, "SELECT count(*)::int AS n FROM items WHERE note = 'during'") as { n: number }[];
+    expect(during!.n - writes).toBeOneOf([0, 1]);
+
+    await finishTarget(target);
+    await cleanupSource(source);
+    await finishTarget(target);
+    await cleanupSource(source);
+    expect(await adminRows(source, 'SELECT slot_name FROM pg_replication_slots')).toEqual([]);
+    expect(await adminRows(source, `SELECT pubname FROM pg_publication WHERE pubname = '${upgradeName}'`)).toEqual([]);
+    expect(await adminRows(target, 'SELECT subname FROM pg_subscription')).toEqual([]);
+
+    // The customer's role, password and ownership came along; new rows take the next sequence values.
+    const [item] = await appQuery<{ id: number }>(targetPort, password, "INSERT INTO items (note) VALUES ('after') RETURNING id");
+    const [event] = await appQuery<{ id: string }>(targetPort, password, 'INSERT INTO events (payload) VALUES (-1) RETURNING id');
+    // Not max(id) + 1: an insert ended with its session has used a value too.
+    const [onSource] = await adminRows(source, `SELECT (SELECT max(id) FROM items) AS "maxItem", (SELECT last_value FROM items_id_seq)::int AS "itemSeq",
+      (SELECT max(id) FROM events)::int AS "maxEvent", (SELECT last_value FROM events_id_seq)::int AS "eventSeq"`) as Record<string, number>[];
+    expect(item!.id).toBeGreaterThan(onSource!.maxItem!);
+    expect(item!.id).toBe(onSource!.itemSeq! + 1);
+    expect(Number(event!.id)).toBeGreaterThan(onSource!.maxEvent!);
+    expect(Number(event!.id)).toBe(onSource!.eventSeq! + 1);
+    expect(await appQuery(targetPort, password, 'SELECT current_setting(\'server_version_num\')::int / 10000 AS major')).toEqual([{ major: 17 }]);
+
+    await stopServer(targetServer);
+    expect((await call('DELETE', `/v1/instances/${id}`)).status).toBeLessThan(300);
+  }, 180_000);
+
+  it('refuses to copy the schema of a source newer than any pg_dump on the host', async () => {
+    const spec = appInstanceSpec(host, password, { version: host.versions.find((v) => v.version.startsWith('16.'))!.version });
+    const newer = await runningInstance('bg-newer', spec);
+
+    await expect(copySchema(newer, newer, runAs)).rejects.toMatchObject({ name: 'Unprocessable', message: expect.stringContaining('no pg_dump as new as PostgreSQL 16') });
+  });
+});
