@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findPlan, planIds, postgresSettings, sameSetting } from '../functions/core/catalog.ts';
 import { type ApiClient, apiClient, newTenant } from './helpers/api.ts';
-import { agentCaller } from './helpers/agent.ts';
+import { agentCaller, eventually } from './helpers/agent.ts';
 import { dbplane, succeeded } from './helpers/cli.ts';
 import { connect, createRunning, withConnection } from './helpers/databases.ts';
 import { probeWrites } from './helpers/probe.ts';
@@ -264,14 +264,33 @@ describe('plan changes of a one-node database', () => {
     expect(await userTables()).toEqual(rowsBefore);
   });
 
-  it('creates a database on a business plan with two nodes: a primary and a caught-up replica', async () => {
+  it('creates a database on a business plan with two nodes; a restore in place gives the replica the restored data', async () => {
     const created = await createRunning(bob.api, 'ledger', 'business-1024');
     const database = (await bob.api.get(`/databases/${created.id}`)).body;
+    const onLedger = <T>(fn: (client: pg.Client) => Promise<T>, url = created.database.url) => withConnection(url, created.password, fn);
+    const count = (client: pg.Client) => client.query<{ n: number }>('SELECT count(*)::int AS n FROM entries').then((r) => r.rows[0].n);
+    await onLedger(async (client) => {
+      await client.query('CREATE TABLE entries (id int PRIMARY KEY)');
+      await client.query('INSERT INTO entries SELECT generate_series(1, 100)');
+    });
+    const backup = await bob.api.post(`/databases/${created.id}/backups`);
+    expect((await bob.api.waitForOperation(backup.body.operation.id)).status).toBe('succeeded');
+    await onLedger((client) => client.query('INSERT INTO entries SELECT generate_series(101, 150)'));
+
+    const restore = await bob.api.post(`/databases/${created.id}/restore`, { backupId: backup.body.backup.id, into: 'same' });
+    const restored = await bob.api.waitForOperation(restore.body.operation.id, 120_000);
+    const replica = await eventually(async () => {
+      const node = (await bob.api.get(`/databases/${created.id}`)).body.nodes?.find((n: { role: string }) => n.role === 'replica');
+      return node?.status === 'running' && node.lagBytes === 0 ? node : undefined;
+    }, 60_000);
 
     expect(database).toMatchObject({ plan: 'business-1024', status: 'running' });
     expect(database.nodes).toEqual([
       { role: 'primary', port: expect.any(Number), status: 'running' },
       { role: 'replica', port: expect.any(Number), status: 'running', lagBytes: 0 },
     ]);
+    expect(restored.status, restored.error).toBe('succeeded');
+    expect(await onLedger(count)).toBe(100);
+    expect(await onLedger(count, created.database.url.replace(/:\d+\//, `:${replica.port}/`))).toBe(100);
   });
 });
