@@ -260,20 +260,29 @@ describe('agent backups and restores', () => {
     expect(await rowsOfUnpackedDownload(tarFile, spec.version)).toEqual([{ id: 1, body: 'kept' }, { id: 2, body: distinctive }]);
   }, 60_000);
 
-  it('restores in place to the backup, on the same port', async () => {
+  it('restores in place to the backup, on the same port, on a new timeline whose history is archived by then', async () => {
     await query(port, "UPDATE notes SET body = 'changed' WHERE id = 1");
     await query(port, 'INSERT INTO notes VALUES (3, $$added later$$)');
     const restoreId = ids('op');
     const request: StartRestore = { mode: 'in_place', source: { databaseId: 'app-db', backupId: first, dataKey } };
 
     const started = await call('PUT', `/v1/instances/app-db/restores/${restoreId}`, request);
+    // A long poll: answered once the restore has ended, not while it runs.
+    const polled = await call('GET', `/v1/instances/app-db/restores/${restoreId}?waitSeconds=20`);
 
     expect(started.status).toBe(202);
-    expect(await restoreDone('app-db', restoreId)).toMatchObject({ status: 'completed' });
+    expect(RestoreJob.parse(polled.body)).toMatchObject({ status: 'completed' });
     expect((await call('PUT', `/v1/instances/app-db/restores/${restoreId}`, request)).status).toBe(200);
     expect((await running('app-db')).port).toBe(port);
     expect(await query(port, 'SELECT id, body FROM notes ORDER BY id')).toEqual([{ id: 1, body: 'kept' }, { id: 2, body: distinctive }]);
+    const [{ timeline }] = await adminQuery<{ timeline: number }>(port, 'SELECT timeline_id AS timeline FROM pg_control_checkpoint()');
+    expect(timeline).toBe(2);
+    expect(await walObjects('zone-c', 'app-db')).toEqual(expect.arrayContaining(['00000002.history.enc', '00000002.history.json']));
   }, 120_000);
+
+  it('refuses a long poll of more than 20 s (400)', async () => {
+    expect((await call('GET', `/v1/archives/app-db/backups/${first}?waitSeconds=21`)).status).toBe(400);
+  });
 
   it('restores a new instance to a point in time between two commits', async () => {
     expect((await call('PUT', `/v1/instances/app-db/backups/${second}`, { kind: 'scheduled' })).status).toBe(202);
@@ -317,19 +326,29 @@ describe('agent backups and restores', () => {
     expect((await readFile(walFile)).subarray(0, 4).toString()).toBe('DBPE');
   });
 
-  it('restores from another zone when one copy was tampered with', async () => {
+  it('restores from the zone left when one copy was tampered with and another swapped for a backup sealed with the same key', async () => {
+    await query(port, "INSERT INTO notes VALUES (30, 'only in the backup swapped in')");
+    const third = ids('bk');
+    await call('PUT', `/v1/instances/app-db/backups/${third}`, { kind: 'manual' });
+    expect(await backupDone('app-db', third)).toMatchObject({ status: 'completed' });
     await flipByte(zoneFile('zone-a', 'app-db', second), 5000);
+    // Decrypts fine (same key): only its SHA-256, checked as the restore reads it, tells it is another backup.
+    await writeFile(zoneFile('zone-b', 'app-db', second), await readFile(zoneFile('zone-b', 'app-db', third)));
     const restoreId = ids('op');
 
     await call('PUT', `/v1/instances/app-db/restores/${restoreId}`, { mode: 'in_place', source: { databaseId: 'app-db', backupId: second, dataKey } });
 
     expect(await restoreDone('app-db', restoreId)).toMatchObject({ status: 'completed' });
+    // The rows of `second` (zone-c), none of the swapped-in backup.
     expect(await query(port, 'SELECT id FROM notes ORDER BY id')).toEqual([{ id: 1 }, { id: 2 }]);
+    // The second restore in place: the next timeline, chosen from the histories in the archive.
+    const [{ timeline }] = await adminQuery<{ timeline: number }>(port, 'SELECT timeline_id AS timeline FROM pg_control_checkpoint()');
+    expect(timeline).toBe(3);
   }, 120_000);
 
   it('fails a restore naming the backup when no copy is good, and the instance keeps its data', async () => {
     await query(port, "INSERT INTO notes VALUES (20, 'still here')");
-    await flipByte(zoneFile('zone-b', 'app-db', second), 5000);
+    // zone-a and zone-b went bad in the test before.
     const zoneC = zoneFile('zone-c', 'app-db', second);
     await writeFile(zoneC, (await readFile(zoneC)).subarray(0, 3000));
     const restoreId = ids('op');
