@@ -723,7 +723,8 @@ async function connectWhenReady(socketDir: string, port: number, current: () => 
       return client;
     } catch {
       await client.end().catch(() => undefined);
-      await sleep(100);
+      // Clients wait at the gateway until the server is ready: every 100 ms here would be up to 100 ms more for them.
+      await sleep(20);
     }
   }
   throw new Error('the server stopped before it accepted connections');
