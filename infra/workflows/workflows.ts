@@ -154,26 +154,26 @@ export class Workflows extends Construct {
     return wait;
   }
 
-  /** Polls CheckInstance (at `$.health`) until the server runs (→ `onReady`); a failed server or no health in time → `onFailure`. */
-  private waitForHealth(scope: Construct, onReady: sfn.IChainable, onFailure: sfn.IChainable): sfn.Wait {
-    return this.poll(
-      scope,
-      { wait: stateNames.waitForInstance, check: 'CheckInstance', choice: stateNames.isInstanceReady, timedOut: stateNames.instanceNotHealthy },
-      polls.instance,
-      paths.health,
-      { onReady, onTimeout: onFailure, onError: onFailure },
-    );
-  }
-
-  /** Until a 2-node plan's replica runs and has replayed all the primary's WAL (at once on a 1-node plan). */
-  private waitForReplica(scope: Construct, onReady: sfn.IChainable, onFailure: sfn.IChainable): sfn.Wait {
-    return this.poll(
-      scope,
-      { wait: stateNames.waitForReplica, check: 'CheckReplica', choice: stateNames.isReplicaCaughtUp, timedOut: stateNames.replicaNotCaughtUp },
-      polls.replica,
-      paths.replicaProgress,
-      { onReady, onTimeout: onFailure, onError: onFailure },
-    );
+  /**
+   * A wait whose failure (a failed server, or not ready in time) goes to `onFailure`: `health` polls
+   * CheckInstance (at `$.health`) until the server runs; `replica` polls CheckReplica until a 2-node plan's
+   * replica has replayed all the primary's WAL (at once on a 1-node plan).
+   */
+  private waitFor(scope: Construct, what: 'health' | 'replica', onReady: sfn.IChainable, onFailure: sfn.IChainable): sfn.Wait {
+    const waits = {
+      health: {
+        states: { wait: stateNames.waitForInstance, check: 'CheckInstance', choice: stateNames.isInstanceReady, timedOut: stateNames.instanceNotHealthy },
+        spec: polls.instance,
+        path: paths.health,
+      },
+      replica: {
+        states: { wait: stateNames.waitForReplica, check: 'CheckReplica', choice: stateNames.isReplicaCaughtUp, timedOut: stateNames.replicaNotCaughtUp },
+        spec: polls.replica,
+        path: paths.replicaProgress,
+      },
+    } as const;
+    const { states, spec, path } = waits[what];
+    return this.poll(scope, states, spec, path, { onReady, onTimeout: onFailure, onError: onFailure });
   }
 
   /**
@@ -207,8 +207,8 @@ export class Workflows extends Construct {
     const [begin, createKey, ensure, addReplica, complete] = this.sequence(
       scope, ['BeginOperation', 'CreateDataKey', 'EnsureInstance', 'AddReplica', 'CompleteOperation'], cleanup,
     );
-    const waitForReplica = this.waitForReplica(scope, complete.next(this.succeed(scope)), cleanup);
-    return begin.next(createKey).next(ensure).next(this.waitForHealth(scope, addReplica.next(waitForReplica), cleanup));
+    const waitForReplica = this.waitFor(scope, 'replica', complete.next(this.succeed(scope)), cleanup);
+    return begin.next(createKey).next(ensure).next(this.waitFor(scope, 'health', addReplica.next(waitForReplica), cleanup));
   }
 
   /** BeginOperation → RemoveInstance → PurgeBackups (only with `purge`) → CompleteOperation; any failure: FailOperation → Failed. */
@@ -307,9 +307,9 @@ export class Workflows extends Construct {
       ['BeginOperation', 'PrecheckPlan', 'RemoveReplica', 'ResizeReplica', 'Switchover', 'ResizeInstance', 'AddReplica', 'VerifyPlan', 'CompleteOperation'],
       rollback,
     );
-    const waitForReplica = this.waitForReplica(scope, verify.next(complete).next(this.succeed(scope)), rollback);
+    const waitForReplica = this.waitFor(scope, 'replica', verify.next(complete).next(this.succeed(scope)), rollback);
     return begin.next(precheck).next(removeReplica).next(resizeReplica).next(switchover).next(resize)
-      .next(this.waitForHealth(scope, addReplica.next(waitForReplica), rollback));
+      .next(this.waitFor(scope, 'health', addReplica.next(waitForReplica), rollback));
   }
 
   /**
@@ -329,7 +329,7 @@ export class Workflows extends Construct {
       scope, ['BeginOperation', 'UpgradeReplica', 'Switchover', 'UpgradeInstance', 'VerifyUpgrade', 'CompleteOperation'], rollback,
     );
     const precheck = catchAll(this.task(scope, 'PrecheckUpgrade', { resultPath: paths.tablesBefore }));
-    const waitForReplica = this.waitForReplica(scope, verify.next(complete).next(this.succeed(scope)), rollback);
-    return begin.next(precheck).next(upgradeReplica).next(switchover).next(upgrade).next(this.waitForHealth(scope, waitForReplica, rollback));
+    const waitForReplica = this.waitFor(scope, 'replica', verify.next(complete).next(this.succeed(scope)), rollback);
+    return begin.next(precheck).next(upgradeReplica).next(switchover).next(upgrade).next(this.waitFor(scope, 'health', waitForReplica, rollback));
   }
 }
