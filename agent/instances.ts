@@ -545,9 +545,9 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       const { port, replica } = managed.stored;
       managed.stored = { ...managed.stored, port: replica!.port, replica: { ...replica!, port }, swapped: !managed.stored.swapped, lastSwitchover: switchoverId };
       [managed.supervisor, managed.replica] = [managed.replica, managed.supervisor];
-      managed.holding = false;
+      // Saved before any client reaches the new primary: an agent that dies now comes back with it as the primary.
+      await saveState(managed.stored).finally(() => { managed.holding = false; });
       log('info', 'switched over', { instance: id, primaryPort: managed.stored.port, stoppedMs, heldMs: Date.now() - heldSince });
-      await saveState(managed.stored);
       await rejoinAsReplica(managed);
       return viewWithNodes(managed);
     }),

@@ -141,6 +141,25 @@ describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
     expect(await slots()).toEqual(['dbplane_replica']);
   });
 
+  it('comes back from an agent restart with the roles a switchover left: same primary, its replica streaming', async () => {
+    const before = await getInstance();
+    await query(before.gatewayPort, "INSERT INTO notes VALUES (5, 'before the agent restart')");
+
+    await agent.stop();
+    agent = await spawnAgent({ dataDir, secret });
+    const after = await eventually(async () => {
+      const instance = await getInstance();
+      const replica = instance.nodes?.find((n) => n.role === 'replica');
+      return instance.status === 'running' && replica?.status === 'running' && replica.lagBytes === 0 ? instance : undefined;
+    }, 60_000);
+
+    expect(after.port).toBe(before.port);
+    expect(after.nodes?.map((n) => n.port)).toEqual(before.nodes?.map((n) => n.port));
+    expect(await settingOn(after.gatewayPort, 'port')).toBe(String(before.port));
+    expect(await query(after.gatewayPort, 'SELECT id FROM notes WHERE id = 5')).toEqual([{ id: 5 }]);
+    await query(after.gatewayPort, "INSERT INTO notes VALUES (6, 'after the agent restart')");
+  });
+
   it('rolls a change to smaller settings: replica first, switchover, then the primary, with no failed write', async () => {
     const smaller = { ...spec, settings: { shared_buffers: '16MB', max_connections: '15' } };
     const { gatewayPort } = await getInstance();
