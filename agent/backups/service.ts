@@ -255,8 +255,11 @@ export function createBackupService(options: BackupServiceOptions) {
     const parsed = BackupMeta.safeParse(await store.getJson(baseMetaKey(databaseId, backupId)));
     if (!parsed.success) return undefined;
     const meta = parsed.data;
-    // Not running here, yet recorded as running: the agent stopped midway. Its copies were never reported.
+    // Not running here, yet recorded as running: the agent stopped midway (unless it started while this was read).
+    // Its copies were never reported.
     if (meta.job.status === 'running') {
+      const started = runningBackups.get(`${databaseId}/${backupId}`);
+      if (started) return started;
       return { ...meta, job: { ...meta.job, status: 'failed', copies: [], reason: 'interrupted: the agent stopped while the backup was running' } };
     }
     return meta;
@@ -275,8 +278,10 @@ export function createBackupService(options: BackupServiceOptions) {
         version: instance.spec.version,
         wrappedKey: instance.spec.dataKey,
       };
-      runningBackups.set(`${id}/${backupId}`, meta);
+      // Recorded before anyone can see it running: an agent killed after that reads back `interrupted`, so a
+      // retried start finds it failed rather than starting the same backup afresh.
       await store.putJson(baseMetaKey(id, backupId), meta);
+      runningBackups.set(`${id}/${backupId}`, meta);
       track(`backup:${id}/${backupId}`, exclusive(id, () => runBackup(meta)).then(
         ({ job, startWal }) => finishBackup(meta, job, startWal),
         (error: unknown) => finishBackup(meta, { ...meta.job, status: 'failed', finishedAt: new Date().toISOString(), copies: [], reason: errorMessage(error) }),
