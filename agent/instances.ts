@@ -288,7 +288,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     const primaryStale = restart === 'all' && stale(primarySlot(managed.stored));
     const replicaStale = managed.replica !== undefined && stale(replicaSlot(managed.stored));
     const specChanged = archivingChanged || keyChanged || accessChanged || spec.version !== current.version
-      || canonical(spec.settings) !== canonical(current.settings);
+      || spec.diskQuotaBytes !== current.diskQuotaBytes || canonical(spec.settings) !== canonical(current.settings);
     if (!specChanged && !primaryStale && !replicaStale) return;
     if (specChanged) {
       managed.stored = { ...managed.stored, spec };

@@ -44,7 +44,7 @@ const backups = createBackupService({
   dataDir, backupDir, secret: env.DBPLANE_AGENT_SECRET, runAs, installs, faults, keys, instances: () => instances,
 });
 const diskQuotas = createDiskQuotas({ dataDir, instances: () => instances, intervalMs: env.DBPLANE_AGENT_QUOTA_INTERVAL_MS });
-const instances = diskQuotas.recording(createInstanceManager({ dataDir, installs, runAs, faults, serverSettings: backups.serverSettings }));
+const instances = diskQuotas.checkingEnsured(createInstanceManager({ dataDir, installs, runAs, faults, serverSettings: backups.serverSettings }));
 
 const server = createAgentServer(env.DBPLANE_AGENT_SECRET, {
   host: { ...inspectHost(dataDir, installs), limits: await hostLimits(env.DBPLANE_AGENT_QUOTA_INTERVAL_MS) },

@@ -1,8 +1,7 @@
 import { constants } from 'node:fs';
-import { access, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { z } from 'zod';
-import { InstanceId, type DiskQuota, type EnsureInstance, type HostInfo, type LimitEnforcement } from '#core/agent-api.ts';
+import { InstanceId, type DiskQuota, type HostInfo, type LimitEnforcement } from '#core/agent-api.ts';
 import type { HostedInstance } from './backups/service.ts';
 import type { InstanceManager } from './instances.ts';
 import { errorMessage, log } from './log.ts';
@@ -20,8 +19,8 @@ import { directoryBytes } from './usage.ts';
  */
 
 export interface DiskQuotas {
-  /** The instance manager, recording the quota of every ensured spec (see `record`). */
-  recording(manager: InstanceManager): InstanceManager;
+  /** The instance manager, checking an instance as soon as it is ensured (a raised quota lifts the refusal at once). */
+  checkingEnsured(manager: InstanceManager): InstanceManager;
   /** The last check of instance `id`; undefined before its first check or without a quota. */
   status(id: string): DiskQuota | undefined;
   start(): void;
@@ -34,12 +33,8 @@ export interface DiskQuotaOptions {
   intervalMs: number;
 }
 
-const QuotaFile = z.object({ diskQuotaBytes: z.number().int().positive() });
-
 export function createDiskQuotas({ dataDir, instances, intervalMs }: DiskQuotaOptions): DiskQuotas {
   const instancesDir = join(dataDir, 'instances');
-  // Beside the instance's state.json, so removing the instance removes it too.
-  const quotaFile = (id: string) => join(instancesDir, id, 'disk-quota.json');
   const statuses = new Map<string, DiskQuota>();
   let timer: NodeJS.Timeout | undefined;
   // Checks run one at a time, so two never alter the same server at once.
@@ -49,24 +44,9 @@ export function createDiskQuotas({ dataDir, instances, intervalMs }: DiskQuotaOp
     queue = queue.then(task).catch((error: unknown) => log('warn', 'disk quota check failed', { error: errorMessage(error) }));
   };
 
-  /**
-   * The instance manager keeps a spec whose only change is its quota unsaved (nothing to restart), and a
-   * plan change may change only the disk (starter-1024 → business-1024): the agent keeps the quota itself.
-   */
-  async function record(id: string, spec: EnsureInstance): Promise<void> {
-    if (spec.diskQuotaBytes === undefined) await rm(quotaFile(id), { force: true });
-    else await writeFile(quotaFile(id), JSON.stringify({ diskQuotaBytes: spec.diskQuotaBytes }), { mode: 0o600 });
-  }
-
-  /** The recorded quota, else the saved spec's (an instance created by a restore was never ensured). */
-  async function limitOf(id: string, instance: HostedInstance): Promise<number | undefined> {
-    const text = await readFile(quotaFile(id), 'utf8').catch(() => undefined);
-    return text === undefined ? instance.spec.diskQuotaBytes : QuotaFile.parse(JSON.parse(text)).diskQuotaBytes;
-  }
-
   async function check(id: string): Promise<void> {
     const instance = instances().describe(id);
-    const limitBytes = instance && await limitOf(id, instance);
+    const limitBytes = instance?.spec.diskQuotaBytes;
     if (!instance || limitBytes === undefined) {
       statuses.delete(id);
       return;
@@ -90,14 +70,12 @@ export function createDiskQuotas({ dataDir, instances, intervalMs }: DiskQuotaOp
   }
 
   return {
-    recording: (manager) => ({
+    checkingEnsured: (manager) => ({
       ...manager,
       async ensure(...args) {
         const instance = await manager.ensure(...args);
-        const [id, spec] = args;
-        await record(id, spec);
         // A raised quota lifts the refusal now rather than a round later (a restarting server: once it runs).
-        enqueue(() => check(id).catch(() => undefined));
+        enqueue(() => check(args[0]).catch(() => undefined));
         return instance;
       },
     }),

@@ -1,10 +1,11 @@
 import { z } from 'zod';
-import type { UpgradeCheck } from './agent-api.ts';
+import { maxUpgradeCheckObjects, type UpgradeCheck } from './agent-api.ts';
 import type { AgentClient } from './agent-client.ts';
 import { compareVersions, findPlan, majorOf, type OfferedVersion } from './catalog.ts';
 import { type Deps, findDatabase, hostVersions, startOnRunning } from './databases.ts';
 import { OperationInProgress, Unprocessable } from './errors.ts';
 import type { Caller, Database, Operation } from './model.ts';
+import { expectedRestartSeconds, expectedSwitchoverSeconds } from './plans.ts';
 
 /**
  * Engine upgrades: the versions a database can go to, the pre-upgrade report, and the request behind the
@@ -43,7 +44,9 @@ export type UpgradeTarget = z.infer<typeof UpgradeTarget>;
 
 export const UpgradeList = z.object({ current: z.string(), targets: z.array(UpgradeTarget).describe('never a downgrade; newest first') });
 
-const ReportedCheck = z.object({ check: z.string(), detail: z.string(), objects: z.array(z.string()) });
+const ReportedCheck = z.object({
+  check: z.string(), detail: z.string(), count: z.number().int().describe('how many in all'), objects: z.array(z.string()).describe(`the first ${maxUpgradeCheckObjects} of them`),
+});
 
 export const UpgradeReport = UpgradeTarget.extend({
   from: z.string(),
@@ -95,7 +98,7 @@ export async function listUpgrades(deps: Pick<Deps, 'store' | 'now'>, caller: Ca
 async function upgradeProblems(agent: AgentClient, database: Database, to: UpgradeTarget) {
   const { checks } = await agent.upgradeChecks(database.id, to.version);
   const applying = checks.filter((c) => c.appliesTo.includes(to.kind === 'minor' ? 'minor' : 'logical'));
-  const view = (c: UpgradeCheck) => ({ check: c.id, detail: c.detail, objects: c.objects });
+  const view = (c: UpgradeCheck) => ({ check: c.id, detail: c.detail, count: c.count, objects: c.objects });
   return {
     blocking: applying.filter((c) => c.severity === 'blocking').map(view),
     warnings: applying.filter((c) => c.severity === 'warning').map(view),
@@ -115,8 +118,8 @@ export async function upgradeReport(deps: Pick<UpgradeDeps, 'store' | 'agent' | 
     warnings,
     allowed: to.available && blocking.length === 0 && !database.activeOperation,
     steps: upgradeSteps(to, twoNodes),
-    // A restart or a switchover: new connections wait at the gateway meanwhile (see expectedRestartSeconds in plans.ts).
-    expectedUnavailabilitySeconds: 1,
+    // A restart or a switchover: new connections wait at the gateway meanwhile.
+    expectedUnavailabilitySeconds: twoNodes ? expectedSwitchoverSeconds : expectedRestartSeconds,
   };
 }
 
