@@ -173,7 +173,7 @@ try {
   const block = randomBytes(16 * 1024 * 1024);
   const [, encryptMs] = await timed(() => pipeline(
     Readable.from((function* () { for (let i = 0; i < 64; i++) yield block; })()),
-    createEncryptor(randomBytes(32), 1),
+    createEncryptor(randomBytes(32), 1, 'bench/encryption'),
     new Writable({ write: (_chunk, _encoding, done) => done() }),
   ));
 

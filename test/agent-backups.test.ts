@@ -136,8 +136,10 @@ async function rowsOfUnpackedDownload(tarFile: string, version: string): Promise
 describe('backup encryption', () => {
   const key = randomBytes(32);
   const plain = randomBytes(2 * chunkBytes + 1234);
-  const seal = () => buffer(Readable.from([plain]).pipe(createEncryptor(key, 3)));
-  const openSealed = (sealed: Buffer) => buffer(Readable.from([sealed]).pipe(createDecryptor((v) => (v === 3 ? key : undefined), 'backup bk-x in zone-q')));
+  const object = 'db-x/base/bk-x.tar.zst.enc';
+  const seal = (name = object) => buffer(Readable.from([plain]).pipe(createEncryptor(key, 3, name)));
+  const openSealed = (sealed: Buffer, unboundAllowed = false) =>
+    buffer(Readable.from([sealed]).pipe(createDecryptor((v) => (v === 3 ? key : undefined), 'backup bk-x in zone-q', object, unboundAllowed)));
 
   it('round-trips a stream of several chunks, without the plaintext in what it stores', async () => {
     const sealed = await seal();
@@ -158,6 +160,20 @@ describe('backup encryption', () => {
     await expect(openSealed(sealed.subarray(0, header.length + 2 * sealedChunk))).rejects.toThrow(/bk-x in zone-q/);
     await expect(openSealed(sealed.subarray(0, sealed.length - 10))).rejects.toThrow(/bk-x in zone-q/);
     await expect(openSealed(Buffer.concat([header, second, first, sealed.subarray(header.length + 2 * sealedChunk)]))).rejects.toThrow(/chunk 0/);
+  });
+
+  it('rejects another object sealed with the same key: the name is bound to every tag', async () => {
+    await expect(openSealed(await seal('db-x/base/bk-y.tar.zst.enc'))).rejects.toThrow(/bk-x in zone-q: chunk 0 failed authentication/);
+  });
+
+  it('opens an object sealed before names were bound (format 1) only where a checksum is checked too', async () => {
+    // Sealed by the format 1 code, under key 0x11…, key version 3.
+    const legacy = Buffer.from('REJQRQEAAAADZW2rOGqNWv0SLzkQN88WI/ayQUo845Ir7OqwRtywOsN+EU83aW27XoI/dgVkeDpPyvGsZVwdFz5KdSCCRKWZwEF1lGU8Xao=', 'base64');
+    const openLegacy = (unboundAllowed: boolean) =>
+      buffer(Readable.from([legacy]).pipe(createDecryptor(() => Buffer.alloc(32, 0x11), 'backup bk-old', 'any/name', unboundAllowed)));
+
+    expect((await openLegacy(true)).toString()).toBe('sealed before objects were bound to their names');
+    await expect(openLegacy(false)).rejects.toThrow(/bk-old: sealed without its name/);
   });
 });
 
@@ -332,7 +348,7 @@ describe('agent backups and restores', () => {
     await call('PUT', `/v1/instances/app-db/backups/${third}`, { kind: 'manual' });
     expect(await backupDone('app-db', third)).toMatchObject({ status: 'completed' });
     await flipByte(zoneFile('zone-a', 'app-db', second), 5000);
-    // Decrypts fine (same key): only its SHA-256, checked as the restore reads it, tells it is another backup.
+    // Same key, another object: its first GCM tag, bound to the name it was sealed under, tells it is another backup.
     await writeFile(zoneFile('zone-b', 'app-db', second), await readFile(zoneFile('zone-b', 'app-db', third)));
     const restoreId = ids('op');
 

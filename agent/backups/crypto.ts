@@ -6,15 +6,21 @@ import { Transform, type TransformCallback } from 'node:stream';
  *
  *   header  = magic "DBPE" | format version (1 byte) | key version (uint32 BE) | nonce prefix (8 random bytes)
  *   chunk i = AES-256-GCM(plaintext[i]) | tag (16 bytes), nonce = prefix | i (uint32 BE),
- *             AAD = header | i (uint32 BE) | final flag (1 byte)
+ *             AAD = header | object name (UTF-8) | i (uint32 BE) | final flag (1 byte)
  *
  * Every chunk but the last holds exactly `chunkBytes` of plaintext; the last one (possibly empty) is
  * sealed with the final flag. So a reordered or altered chunk fails its tag, a stream cut at a chunk
  * boundary ends on a chunk not sealed as final, and one cut inside a chunk fails the tag of what is left.
+ * The object's name (its key in the store) is authenticated too, so another object sealed with the same
+ * data key, copied over this one, fails its first tag: the tags alone tell the object is the one asked
+ * for, intact and whole, and a restore needs no SHA-256 pass of its own. Format 1 (before names were
+ * bound) is still read: its AAD has no name, and only a checksum tells a swapped copy.
  */
 export const chunkBytes = 1024 * 1024;
 const magic = Buffer.from('DBPE');
-const formatVersion = 1;
+/** Format 2 binds the object name; format 1 objects are only read. */
+const formatVersion = 2;
+const unboundFormatVersion = 1;
 const headerBytes = magic.length + 1 + 4 + 8;
 const tagBytes = 16;
 const sealedChunkBytes = chunkBytes + tagBytes;
@@ -31,15 +37,16 @@ function nonce(prefix: Buffer, index: number): Buffer {
   return n;
 }
 
-function aad(header: Buffer, index: number, final: boolean): Buffer {
+/** Header and tail are fixed-length, so the name between them needs no length of its own. */
+function aad(header: Buffer, name: Buffer, index: number, final: boolean): Buffer {
   const tail = Buffer.alloc(5);
   tail.writeUInt32BE(index, 0);
   tail[4] = final ? 1 : 0;
-  return Buffer.concat([header, tail]);
+  return Buffer.concat([header, name, tail]);
 }
 
-/** Encrypts a byte stream; the key is used, never copied or kept beyond the stream. */
-export function createEncryptor(key: Buffer, keyVersion: number): Transform {
+/** Encrypts a byte stream stored as `object`; the key is used, never copied or kept beyond the stream. */
+export function createEncryptor(key: Buffer, keyVersion: number, object: string): Transform {
   if (key.length !== 32) throw new Error('a data key must be 32 bytes');
   const header = Buffer.alloc(headerBytes);
   magic.copy(header, 0);
@@ -47,12 +54,13 @@ export function createEncryptor(key: Buffer, keyVersion: number): Transform {
   header.writeUInt32BE(keyVersion, magic.length + 1);
   const prefix = randomBytes(8);
   prefix.copy(header, magic.length + 5);
+  const name = Buffer.from(object);
   const pending = new PieceQueue();
   let index = 0;
 
   // Pieces go through the cipher as they are: no copy into one chunk-sized buffer, no concatenation.
   const seal = (stream: Transform, plain: Buffer[], final: boolean): void => {
-    const cipher = createCipheriv('aes-256-gcm', key, nonce(prefix, index)).setAAD(aad(header, index, final));
+    const cipher = createCipheriv('aes-256-gcm', key, nonce(prefix, index)).setAAD(aad(header, name, index, final));
     index++;
     for (const piece of plain) stream.push(cipher.update(piece));
     stream.push(cipher.final());
@@ -114,14 +122,16 @@ export function keyVersionOf(header: Buffer): number | undefined {
 }
 
 /**
- * Decrypts what createEncryptor produced. `keyFor` picks the key by the version in the header.
- * Fails (with `what` in the message) on a bad header, any altered, reordered or missing chunk, or a
- * stream that ends without its final chunk.
+ * Decrypts what createEncryptor produced for `object`. `keyFor` picks the key by the version in the header.
+ * Fails (with `what` in the message) on a bad header, any altered, reordered or missing chunk, a stream
+ * that ends without its final chunk, or (format 2) an object sealed under another name. Format 1 is
+ * opened only if `unboundAllowed`: where the caller checks a checksum as well.
  */
-export function createDecryptor(keyFor: (version: number) => Buffer | undefined, what: string): Transform {
+export function createDecryptor(keyFor: (version: number) => Buffer | undefined, what: string, object: string, unboundAllowed = false): Transform {
   let header: Buffer | undefined;
   let key: Buffer | undefined;
   let prefix: Buffer;
+  let name: Buffer;
   const buffered = new PieceQueue();
   let index = 0;
 
@@ -131,7 +141,7 @@ export function createDecryptor(keyFor: (version: number) => Buffer | undefined,
     sealed.forEach((piece) => body.add(piece));
     const ciphertext = body.take(length - tagBytes);
     try {
-      const decipher = createDecipheriv('aes-256-gcm', key!, nonce(prefix, index)).setAAD(aad(header!, index, final));
+      const decipher = createDecipheriv('aes-256-gcm', key!, nonce(prefix, index)).setAAD(aad(header!, name, index, final));
       decipher.setAuthTag(Buffer.concat(body.take(tagBytes)));
       const plain = ciphertext.map((piece) => decipher.update(piece));
       plain.push(decipher.final());
@@ -139,7 +149,7 @@ export function createDecryptor(keyFor: (version: number) => Buffer | undefined,
       // Only authenticated plaintext leaves: a chunk is pushed once its tag has been checked.
       for (const piece of plain) stream.push(piece);
     } catch {
-      throw new CorruptObject(`${what}: chunk ${index} failed authentication (tampered, truncated or reordered)`);
+      throw new CorruptObject(`${what}: chunk ${index} failed authentication (tampered, truncated, reordered or another object)`);
     }
   };
 
@@ -151,7 +161,10 @@ export function createDecryptor(keyFor: (version: number) => Buffer | undefined,
           if (buffered.bytes < headerBytes) return callback();
           header = Buffer.concat(buffered.take(headerBytes));
           const version = keyVersionOf(header);
-          if (version === undefined || header[magic.length] !== formatVersion) throw new CorruptObject(`${what}: not an encrypted dbplane object`);
+          const format = header[magic.length];
+          if (version === undefined || (format !== formatVersion && format !== unboundFormatVersion)) throw new CorruptObject(`${what}: not an encrypted dbplane object`);
+          if (format === unboundFormatVersion && !unboundAllowed) throw new CorruptObject(`${what}: sealed without its name (format 1), where a format 2 object was recorded`);
+          name = format === formatVersion ? Buffer.from(object) : Buffer.alloc(0);
           key = keyFor(version);
           if (!key) throw new CorruptObject(`${what}: sealed with key version ${version}, which this agent does not hold`);
           prefix = header.subarray(magic.length + 5, headerBytes);
