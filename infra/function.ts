@@ -1,12 +1,12 @@
 import * as path from 'node:path';
-import { ArnFormat, type CfnElement, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { ArnFormat, type CfnElement, Duration, Stack, Validations } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type * as events from 'aws-cdk-lib/aws-events';
 import type * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
-import * as logs from 'aws-cdk-lib/aws-logs';
+import type * as logs from 'aws-cdk-lib/aws-logs';
 import type * as secretsmanager from 'aws-cdk-lib/aws-secretsmanager';
 import type * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import type { Construct, IConstruct } from 'constructs';
@@ -26,6 +26,11 @@ export interface SharedResources {
   readonly agentSecret: secretsmanager.ISecret;
   /** Wraps the databases' data keys. */
   readonly masterKey: kms.IKey;
+  /**
+   * Where every function logs (Lambda gives each function its own streams). One group, not one per
+   * function: at ~100 functions, a group each would take the stack past CloudFormation's 500 resources.
+   */
+  readonly logGroup: logs.ILogGroup;
 }
 
 export interface DbplaneFunctionProps {
@@ -60,16 +65,17 @@ export interface DbplaneFunctionProps {
    */
   readonly stateMachines?: Readonly<Record<WorkflowName, sfn.StateMachine>>;
   /**
-   * How long the function's logs are kept.
-   * @default RetentionDays.ONE_MONTH
+   * A role of its own rather than the one shared by the functions with the same permissions: for a
+   * function granted more after it is made (a step that starts other workflows), so the grant is its alone.
+   * @default false
    */
-  readonly logRetention?: logs.RetentionDays;
+  readonly ownRole?: boolean;
 }
 
 /**
  * A NodejsFunction with dbplane's defaults: the newest Node.js runtime, arm64, minified ESM bundle with
- * source maps, its own log group with a retention, the environment from `functions/core/config.ts`, and
- * read/write access to the table and the bus.
+ * source maps, the shared log group, the environment from `functions/core/config.ts`, and read/write
+ * access to the table and the bus.
  */
 export class DbplaneFunction extends NodejsFunction {
   readonly entryPath: string;
@@ -82,23 +88,8 @@ export class DbplaneFunction extends NodejsFunction {
     }
     if (!/^[A-Za-z_$][\w$]*$/.test(handler)) throw new Error(`handler must be an export name, got '${handler}'`);
 
-    // Our own role instead of AWSLambdaBasicExecutionRole: it may write to this function's log group only.
-    const role = new iam.Role(scope, `${id}Role`, {
-      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-      description: `dbplane function ${props.entry}#${handler}`,
-    });
-    const logGroup = new logs.LogGroup(scope, `${id}Logs`, {
-      retention: props.logRetention ?? logs.RetentionDays.ONE_MONTH,
-      removalPolicy: RemovalPolicy.DESTROY,
-    });
-    logGroup.grantWrite(role);
-    Validations.of(role).acknowledge({
-      id: 'AwsSolutions-IAM5[Resource::*]',
-      reason: 'X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords) supports no resource-level permissions',
-    });
-
     super(scope, id, {
-      role,
+      role: roleFor(scope, props, props.ownRole ? `${id}Role` : undefined),
       entry: path.join(projectRoot, props.entry),
       handler,
       description: props.description,
@@ -110,7 +101,7 @@ export class DbplaneFunction extends NodejsFunction {
       timeout: props.timeout ?? Duration.seconds(30),
       tracing: lambda.Tracing.ACTIVE,
       loggingFormat: lambda.LoggingFormat.JSON,
-      logGroup,
+      logGroup: props.shared.logGroup,
       bundling: {
         format: OutputFormat.ESM,
         mainFields: ['module', 'main'],
@@ -136,26 +127,49 @@ export class DbplaneFunction extends NodejsFunction {
     const cfn = this.node.defaultChild as lambda.CfnFunction;
     cfn.addMetadata(entryMetadataKey, props.entry);
     cfn.addMetadata(handlerMetadataKey, handler);
-
-    props.shared.table.grantReadWriteData(this);
-    props.shared.bus.grantPutEventsTo(this);
-    if (props.agentAccess) props.shared.agentSecret.grantRead(this);
-    if (props.keyAccess) props.shared.masterKey.grantEncrypt(this);
-    for (const stateMachine of Object.values(props.stateMachines ?? {})) {
-      stateMachine.grantStartExecution(this);
-      const executions = Stack.of(this).formatArn({
-        service: 'states',
-        resource: 'execution',
-        resourceName: `${stateMachine.stateMachineName}:*`,
-        arnFormat: ArnFormat.COLON_RESOURCE_NAME,
-      });
-      role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['states:DescribeExecution'], resources: [executions] }));
-      Validations.of(role).acknowledge({
-        id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:<${logicalIdOf(stateMachine)}.Name>:*]`,
-        reason: 'executions are named after operation ids, unknown at deploy time; limited to DescribeExecution on this state machine',
-      });
-    }
   }
+}
+
+/**
+ * The role of the functions that need exactly this set of permissions, made by the first of them: the
+ * same least privilege as a role each, without ~100 roles and policies in a stack CloudFormation caps at
+ * 500 resources. Our own role instead of AWSLambdaBasicExecutionRole: it may write to the functions' log group only.
+ */
+function roleFor(scope: Construct, props: DbplaneFunctionProps, ownId?: string): iam.Role {
+  const stack = Stack.of(scope);
+  const grants = [props.agentAccess && 'Agent', props.keyAccess && 'Key', props.stateMachines && 'Workflows'].filter(Boolean).join('');
+  const [roleScope, id] = ownId ? [scope, ownId] : [stack, `FunctionRole${grants || 'Base'}`];
+  const existing = roleScope.node.tryFindChild(id);
+  if (existing) return existing as iam.Role;
+
+  const role = new iam.Role(roleScope, id, {
+    assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+    description: `dbplane functions with table, bus${grants ? `, ${grants.replace(/([a-z])([A-Z])/g, '$1, $2').toLowerCase()}` : ''} access`,
+  });
+  props.shared.logGroup.grantWrite(role);
+  props.shared.table.grantReadWriteData(role);
+  props.shared.bus.grantPutEventsTo(role);
+  if (props.agentAccess) props.shared.agentSecret.grantRead(role);
+  if (props.keyAccess) props.shared.masterKey.grantEncrypt(role);
+  Validations.of(role).acknowledge({
+    id: 'AwsSolutions-IAM5[Resource::*]',
+    reason: 'X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords) supports no resource-level permissions',
+  });
+  for (const stateMachine of Object.values(props.stateMachines ?? {})) {
+    stateMachine.grantStartExecution(role);
+    const executions = stack.formatArn({
+      service: 'states',
+      resource: 'execution',
+      resourceName: `${stateMachine.stateMachineName}:*`,
+      arnFormat: ArnFormat.COLON_RESOURCE_NAME,
+    });
+    role.addToPrincipalPolicy(new iam.PolicyStatement({ actions: ['states:DescribeExecution'], resources: [executions] }));
+    Validations.of(role).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:<${logicalIdOf(stateMachine)}.Name>:*]`,
+      reason: 'executions are named after operation ids, unknown at deploy time; limited to DescribeExecution on this state machine',
+    });
+  }
+  return role;
 }
 
 function stateMachineEnvironment(stateMachines: DbplaneFunctionProps['stateMachines']): Record<string, string> {

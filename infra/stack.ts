@@ -1,4 +1,5 @@
 import { RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
 import { AgentAccess } from './agent.ts';
 import { Api } from './api.ts';
@@ -39,6 +40,7 @@ export class DbplaneStack extends Stack {
       agentUrl: this.agent.url,
       agentSecret: this.agent.secret,
       masterKey: this.storage.key,
+      logGroup: new logs.LogGroup(this, 'FunctionLogs', { retention: logs.RetentionDays.ONE_MONTH, removalPolicy: RemovalPolicy.DESTROY }),
     };
     this.workflows = new Workflows(this, 'Workflows', { shared });
     const { stateMachines } = this.workflows;

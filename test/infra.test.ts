@@ -120,7 +120,7 @@ describe('storage', () => {
 });
 
 describe('functions', () => {
-  it('gives every Lambda arm64, the Node.js 24 runtime, its own log group with a retention, and the shared environment', () => {
+  it("gives every Lambda arm64, the Node.js 24 runtime, the functions' log group with a retention, and the shared environment", () => {
     const [[tableId]] = ofType('AWS::DynamoDB::Table');
     const [[secretId]] = ofType('AWS::SecretsManager::Secret');
     for (const [id, fn] of ofType('AWS::Lambda::Function')) {
