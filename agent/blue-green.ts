@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import type { DatabaseProgress, TableStats } from '#core/agent-api.ts';
 import type { PostgresSettings } from '#core/catalog.ts';
 import { Conflict, Unprocessable } from '#core/errors.ts';
 import { pgDumpFor, type PostgresInstall } from './host.ts';
@@ -43,7 +44,7 @@ async function connect(server: AdminEndpoint, database: string): Promise<pg.Clie
   return client;
 }
 
-async function withClient<T>(server: AdminEndpoint, database: string, use: (client: pg.Client) => Promise<T>): Promise<T> {
+export async function withClient<T>(server: AdminEndpoint, database: string, use: (client: pg.Client) => Promise<T>): Promise<T> {
   const client = await connect(server, database);
   try {
     return await use(client);
@@ -235,22 +236,6 @@ export async function subscribe(source: AdminEndpoint, target: AdminEndpoint): P
   }
 }
 
-export interface DatabaseProgress {
-  database: string;
-  subscribed: boolean;
-  tables: number;
-  /** Tables whose initial copy is done and that the subscription's apply worker keeps up to date ('r'). */
-  tablesReady: number;
-  initialCopyDone: boolean;
-  /**
-   * Times the apply or a table-sync worker failed (the target's log says why), e.g. after DDL on the
-   * source, which logical replication does not carry: it retries, but a count that grows will not heal.
-   */
-  errors: number;
-  /** WAL the source wrote that the subscription has not confirmed (applied and flushed); undefined without its slot. */
-  lagBytes?: number;
-}
-
 export async function replicationProgress(source: AdminEndpoint, target: AdminEndpoint): Promise<DatabaseProgress[]> {
   const { databases, lags } = await withClient(source, 'postgres', async (admin) => ({
     databases: await userDatabases(admin),
@@ -282,15 +267,19 @@ export async function replicationProgress(source: AdminEndpoint, target: AdminEn
 
 /**
  * Cutover, once the gateway holds new connections: ends the sessions still open on the source's user
- * databases (their open transactions roll back), waiting until they are gone, so that nothing commits
- * there after drain reads the source's position. The admin's own sessions (the agent's) stay.
+ * databases, waiting until they are gone, so that nothing commits there after drain reads the source's
+ * position. Sessions get `graceMs` to end by themselves, as in a smart shutdown (a client that connects per
+ * request is gone by then, its write not cut off); then every one left is ended (open transactions roll
+ * back). The admin's own sessions (the agent's) stay.
  */
-export async function endSourceSessions(source: AdminEndpoint, timeoutMs = 5_000): Promise<number> {
+export async function endSourceSessions(source: AdminEndpoint, { graceMs = 0, timeoutMs = 5_000 } = {}): Promise<number> {
   return withClient(source, 'postgres', async (admin) => {
     const databases = (await userDatabases(admin)).map((d) => d.name);
-    const { rows } = await admin.query<{ pid: number }>(`
-      SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = ANY($1) AND usename <> $2`, [databases, adminRole]);
-    const pids = rows.map((r) => r.pid);
+    const sessions = async () => (await admin.query<{ pid: number }>(`
+      SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = ANY($1) AND usename <> $2`,
+    [databases, adminRole])).rows.map((r) => r.pid);
+    let pids = await sessions();
+    for (const deadline = Date.now() + graceMs; pids.length > 0 && Date.now() < deadline; pids = await sessions()) await sleep(5);
     // Not in the WHERE above: the planner may call a function there before the filters that spare the admin's sessions.
     await admin.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [pids]);
     // Polled here: pg_terminate_backend's own wait checks every 100 ms, and the cutover is a stall for clients.
@@ -298,6 +287,91 @@ export async function endSourceSessions(source: AdminEndpoint, timeoutMs = 5_000
       const { rows: [{ left }] } = await admin.query<{ left: number }>('SELECT count(*)::int AS left FROM pg_stat_activity WHERE pid = ANY($1)', [pids]);
       if (left === 0) return pids.length;
       if (Date.now() > deadline) throw new Error(`${left} sessions on the source did not end within ${timeoutMs} ms`);
+    }
+  });
+}
+
+/**
+ * Cutover, once the gateway holds new connections and the sessions are ended: in every user database of the
+ * source an admin session takes EXCLUSIVE locks on every user table (reads go on, writes wait) until the
+ * returned function releases them, or the source stops. A client whose login reached the source just before
+ * the gateway held new connections (not yet a session when they were ended) thus cannot commit there after
+ * drain reads the source's position: its write waits, and fails when the source stops, rather than being lost.
+ */
+export async function fenceSource(source: AdminEndpoint): Promise<() => Promise<void>> {
+  const sessions: pg.Client[] = [];
+  const release = async () => {
+    await Promise.all(sessions.map((client) => client.end().catch(() => undefined)));
+  };
+  try {
+    for (const { name } of await withClient(source, 'postgres', userDatabases)) {
+      const client = await connect(source, name);
+      sessions.push(client);
+      const tables = await userTables(client, ['r', 'p']);
+      // An autovacuum worker's lock would make the fence wait for it (up to deadlock_timeout, 1 s, before it gives way).
+      await client.query("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND datname = current_database()");
+      await client.query('BEGIN');
+      // format('%I') quoted the names: safe to put in the statement.
+      if (tables.length > 0) await client.query(`LOCK TABLE ${tables.map((t) => t.quoted).join(', ')} IN EXCLUSIVE MODE`);
+    }
+  } catch (error) {
+    await release();
+    throw error;
+  }
+  return release;
+}
+
+/** The user tables of a database of these kinds, quoted; by default plain tables and partitions, not partitioned parents (each row once). */
+async function userTables(client: pg.Client, kinds = ['r']): Promise<{ schema: string; name: string; quoted: string }[]> {
+  return (await client.query<{ schema: string; name: string; quoted: string }>(`
+    SELECT n.nspname AS schema, c.relname AS name, format('%I.%I', n.nspname, c.relname) AS quoted
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = ANY($1) AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' ORDER BY 1, 2`, [kinds])).rows;
+}
+
+/**
+ * Before the cutover, VACUUM (with ANALYZE where asked) in every user database: the visibility map it sets lets
+ * rowCounts count from the indexes while clients wait, instead of reading every table, and ANALYZE gives the
+ * target's planner the statistics logical replication does not copy.
+ */
+export async function vacuum(server: AdminEndpoint, { analyze = false } = {}): Promise<void> {
+  for (const { name } of await withClient(server, 'postgres', userDatabases)) {
+    await withClient(server, name, (client) => client.query(analyze ? 'VACUUM (ANALYZE)' : 'VACUUM'));
+  }
+}
+
+/** Every user table's row count, one query a database (the planner counts from an index where the visibility map allows). */
+export async function rowCounts(server: AdminEndpoint): Promise<TableStats> {
+  const tables: TableStats['tables'] = [];
+  for (const { name: database } of await withClient(server, 'postgres', userDatabases)) {
+    await withClient(server, database, async (client) => {
+      const found = await userTables(client);
+      if (found.length === 0) return;
+      // format('%I') quoted the names: safe to put in the query.
+      const { rows } = await client.query<{ i: number; rows: number }>(found.map((t, i) => `SELECT ${i} AS i, count(*)::float8 AS rows FROM ${t.quoted}`).join(' UNION ALL '));
+      for (const { i, rows: count } of rows) tables.push({ database, schema: found[i]!.schema, name: found[i]!.name, rows: count });
+    });
+  }
+  return { tables, totalRows: tables.reduce((sum, t) => sum + t.rows, 0) };
+}
+
+/**
+ * A new cluster's WAL file names start again at 000000010000000000000001, and the database's WAL archive
+ * already holds the source's files by such names. The target writes a small record and switches to a new
+ * file until it writes past the source's current position, so that once it archives (after the cutover)
+ * it never overwrites one of the source's files. A checkpoint every 32 files lets it recycle them. Returns
+ * the number of files switched.
+ */
+export async function advanceWalPast(source: AdminEndpoint, target: AdminEndpoint): Promise<number> {
+  const sourceLsn = await withClient(source, 'postgres', async (admin) =>
+    (await admin.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).rows[0]!.lsn);
+  return withClient(target, 'postgres', async (admin) => {
+    for (let switched = 1; ; switched++) {
+      const { rows: [{ behind }] } = await admin.query<{ behind: boolean }>('SELECT pg_current_wal_lsn() < $1::pg_lsn AS behind', [sourceLsn]);
+      // Once more after passing it: the target then writes in a file after the source's current one.
+      await admin.query("SELECT pg_logical_emit_message(false, 'dbplane', 'advance'), pg_switch_wal()");
+      if (!behind) return switched;
+      if (switched % 32 === 0) await admin.query('CHECKPOINT');
     }
   });
 }

@@ -5,10 +5,16 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { z } from 'zod';
-import { EnsureInstance, InstanceId, type Instance, type InstanceNode, type WrappedKey } from '#core/agent-api.ts';
+import {
+  BlueGreenId, Cutover, EnsureInstance, InstanceId, retiredKeepDays, type BlueGreen, type Instance, type InstanceNode, type StartBlueGreen, type TableStats, type WrappedKey,
+} from '#core/agent-api.ts';
 import { majorOf, type PostgresSettings } from '#core/catalog.ts';
 import { BadRequest, Conflict, NotFound, Unprocessable, type FieldIssue } from '#core/errors.ts';
 import type { HostedInstance, InstanceAccess } from './backups/service.ts';
+import {
+  advanceWalPast, cleanupSource, copySchema, drain, endSourceSessions, fenceSource, finishTarget, prepareSource, replicationProgress, rowCounts, subscribe,
+  syncSequences, vacuum, withClient, type AdminEndpoint,
+} from './blue-green.ts';
 import { InjectedFault, type Faults } from './faults.ts';
 import { createGateway, type Gateway } from './gateway.ts';
 import type { PostgresInstall } from './host.ts';
@@ -34,12 +40,22 @@ const SavedInstance = z.object({
   swapped: z.boolean().optional(),
   /** The id of the last switchover done, so that a retried request does not switch back. */
   lastSwitchover: z.string().optional(),
+  /** The folder, inside the instance's, of its servers' folders (see Slot) since a major upgrade; absent: the instance's own. */
+  folder: z.string().optional(),
+  /** A major upgrade's new server (blue/green), built in `folder` on `port` until its cutover (then `cutover` says what it checked). */
+  blueGreen: z.object({
+    id: BlueGreenId, fromVersion: z.string(), version: EnsureInstance.shape.version, port: z.number().int(), folder: z.string(), cutover: Cutover.optional(),
+  }).optional(),
+  /** Server folders of earlier majors (paths inside the instance's folder), stopped and kept until `removeAfter` for a rollback. */
+  retired: z.array(z.object({ version: z.string(), paths: z.array(z.string()), removeAfter: z.string() })).optional(),
 });
-type StoredInstance = z.infer<typeof SavedInstance> & { gatewayPort: number };
+type SavedInstance = z.infer<typeof SavedInstance>;
+type StoredInstance = SavedInstance & { gatewayPort: number };
 
 /**
  * An instance's two server folders: `first` (`<id>/data`) where it was created, `second`
  * (`<id>/replica/data`) where its replica was copied. A switchover swaps their roles, not their files.
+ * After a major upgrade both are inside the new server's folder (`<id>/<folder>/data`, `<id>/<folder>/replica/data`).
  */
 type Slot = 'first' | 'second';
 const primarySlot = (stored: StoredInstance): Slot => (stored.swapped ? 'second' : 'first');
@@ -53,6 +69,10 @@ interface Managed {
   gateway?: Gateway;
   /** The replica's server, once its data is copied (stored.replica says which port it owns). */
   replica?: Supervisor;
+  /** A major upgrade's new server until its cutover (stored.blueGreen). */
+  green?: Supervisor;
+  /** Its replication errors since this agent started watching them, and when their count last grew (see blueGreenView). */
+  greenErrors?: { baseline: number; count: number; grewAt: number };
   /** The version and settings each folder's server was last started with; undefined until it starts (or while it is restarting). */
   applied: Partial<Record<Slot, { version: string; settings: PostgresSettings }>>;
   /** While a switchover runs, the gateway holds new connections instead of sending them to a server. */
@@ -80,6 +100,21 @@ export interface InstanceManager extends InstanceAccess {
   /** Stops the replica, drops its slot on the primary and removes its files; absent is fine. */
   removeReplica(id: string): Promise<void>;
   remove(id: string): Promise<void>;
+  /**
+   * A major upgrade, blue/green: the primary gets wal_level = logical (a restart with new connections held, if
+   * needed); a server of `version` is made in its own folder on its own port, the roles and schema are copied and
+   * each database subscribes to the primary's. Idempotent; answers once the initial copy has started.
+   */
+  startBlueGreen(id: string, request: StartBlueGreen): Promise<BlueGreen>;
+  getBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen | undefined>;
+  /**
+   * New connections are held; the old server's sessions end, the subscriptions drain, sequences are copied and every
+   * user table's row count compared: a difference releases clients back to the old server (409). Else the new server
+   * becomes the primary (saved before clients are released); the old one stops, its folder kept for a rollback period.
+   */
+  cutover(id: string, blueGreenId: string): Promise<BlueGreen>;
+  /** Before the cutover: the new server and its folder go, the old server's slots and publications too; absent is fine. */
+  abandonBlueGreen(id: string, blueGreenId: string): Promise<void>;
   /** Prepares the data folder and brings back every instance found in it. */
   resumeAll(): Promise<void>;
   stopAll(): Promise<void>;
@@ -102,6 +137,25 @@ const switchoverCatchUpMs = 15_000;
 const sessionGraceMs = 300;
 const rejoinTimeoutMs = 10_000;
 const replicaRestartWaitMs = 60_000;
+/** How long a planned restart waits for the WAL archive to catch up before it holds clients (see stopPrimaryHeld). */
+const archiveCatchUpMs = 60_000;
+/** A blue/green upgrade is ready for its cutover once every subscription has at most this much WAL left to apply. */
+const cutoverMaxLagBytes = 4 * 1024 * 1024;
+/** The longest the cutover waits for the subscriptions to apply what is left: before holding clients, then while they are held. */
+const cutoverDrainMs = 10_000;
+/**
+ * A failing apply worker retries every 5 s (wal_retrieve_retry_interval): this many errors is one that will not
+ * heal (DDL on the old server); one or two are a lost connection (the old server or the agent restarted).
+ */
+const replicationErrorsFailing = 3;
+/** A blue/green upgrade is ready only once its error count has not grown for this long. */
+const replicationQuietMs = 15_000;
+/**
+ * A blue/green upgrade's new server before its cutover: archive_mode on (changing it later would need a restart)
+ * but nothing archived: its WAL belongs to no backup (the post-upgrade base backup is taken after the cutover),
+ * and its file names would be the old server's (see advanceWalPast). WAL files it switches past are not zero-filled.
+ */
+const greenBuildSettings = ['archive_mode = on', "archive_command = 'true'", 'wal_init_zero = off'];
 const reservedDatabases = new Set(['postgres', 'template0', 'template1']);
 
 export function createInstanceManager({ dataDir, installs, runAs, faults, serverSettings }: InstanceManagerOptions): InstanceManager {
@@ -113,12 +167,23 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   const queues = new Map<string, Promise<unknown>>();
 
   const instanceDir = (id: string) => join(instancesDir, id);
-  const nodePaths = (id: string, slot: Slot, port: number): ServerPaths => {
-    const dir = slot === 'first' ? instanceDir(id) : join(instanceDir(id), 'replica');
+  /** Where the instance's server folders are: its own folder, or since a major upgrade the new server's. */
+  const baseDir = (stored: Pick<StoredInstance, 'id' | 'folder'>) => (stored.folder ? join(instanceDir(stored.id), stored.folder) : instanceDir(stored.id));
+  const nodePaths = (stored: StoredInstance, slot: Slot, port: number): ServerPaths => {
+    const dir = slot === 'first' ? baseDir(stored) : join(baseDir(stored), 'replica');
     return { data: join(dir, 'data'), log: join(dir, 'log'), socket: join(socketsDir, String(port)) };
   };
-  const serverPaths = (stored: StoredInstance) => nodePaths(stored.id, primarySlot(stored), stored.port);
-  const replicaPaths = (stored: StoredInstance, port: number) => nodePaths(stored.id, replicaSlot(stored), port);
+  const serverPaths = (stored: StoredInstance) => nodePaths(stored, primarySlot(stored), stored.port);
+  const replicaPaths = (stored: StoredInstance, port: number) => nodePaths(stored, replicaSlot(stored), port);
+  const endpoint = (stored: StoredInstance): AdminEndpoint => ({ port: stored.port, paths: serverPaths(stored) });
+  /**
+   * The instance as its blue/green server sees it until the cutover: a primary of the target version in its own
+   * folder and port, without replica. The cutover makes it the instance's own view (same folder, port and version).
+   */
+  const greenView = (stored: StoredInstance): StoredInstance => {
+    const { replica: _replica, swapped: _swapped, blueGreen, ...rest } = stored;
+    return { ...rest, folder: blueGreen!.folder, port: blueGreen!.port, spec: { ...stored.spec, version: blueGreen!.version } };
+  };
 
   /** Calls for one instance run one after the other; calls for different instances do not wait for each other. */
   function serialized<T>(id: string, task: () => Promise<T>): Promise<T> {
@@ -146,16 +211,18 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
    * standby streaming from it is read at every start (the lifecycle reads managed.stored when it runs,
    * so a changed spec or a switchover applies from the next start).
    */
-  function superviseNode(managed: Managed, slot: Slot): Supervisor {
+  function superviseNode(managed: Managed, slot: Slot, current: () => StoredInstance = () => managed.stored): Supervisor {
     const { id } = managed.stored;
-    const install = () => installs.find((i) => i.version === managed.stored.spec.version);
-    const isPrimary = () => primarySlot(managed.stored) === slot;
+    const install = () => installs.find((i) => i.version === current().spec.version);
+    // A blue/green server before its cutover is none of the instance's servers (see greenView).
+    const building = () => current() !== managed.stored;
+    const isPrimary = () => primarySlot(current()) === slot;
     const replica = () => {
       if (!managed.stored.replica) throw new Error(`instance ${id} has no replica`);
       return managed.stored.replica;
     };
-    const paths = () => (isPrimary() ? serverPaths(managed.stored) : replicaPaths(managed.stored, replica().port));
-    return supervise(slot === 'first' ? id : `${id} (second node)`, {
+    const paths = () => (isPrimary() ? serverPaths(current()) : replicaPaths(managed.stored, replica().port));
+    return supervise(building() ? `${id} (blue/green)` : slot === 'first' ? id : `${id} (second node)`, {
       async prepare() {
         if (isPrimary()) {
           const fault = faults.take('startServer', id);
@@ -163,16 +230,17 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         }
         const binaries = install();
         if (!binaries) throw new Error(`PostgreSQL ${managed.stored.spec.version} is not installed on this host`);
-        const { spec, port } = managed.stored;
+        const { spec, port } = current();
         const own = paths();
+        await makePrivateDir(dirname(own.data), runAs);
         await makePrivateDir(own.log, runAs);
         await makePrivateDir(own.socket, runAs);
         await stopStalePostmaster(own.data);
         // Archiving settings on a standby too: archive_command takes effect when it is promoted.
-        const archiving = await serverSettings?.(id, spec.dataKey) ?? [];
+        const archiving = building() ? greenBuildSettings : await serverSettings?.(id, spec.dataKey) ?? [];
         if (isPrimary()) {
           if (!(await exists(join(own.data, 'PG_VERSION')))) await initCluster(binaries, own, runAs);
-          managed.applied[slot] = { version: spec.version, settings: spec.settings };
+          if (!building()) managed.applied[slot] = { version: spec.version, settings: spec.settings };
           await writeServerConfig(own, port, spec.settings, runAs, archiving);
         } else {
           if (!(await exists(join(own.data, 'PG_VERSION')))) throw new Error('the replica has no data; ensure it again');
@@ -186,9 +254,9 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         }
       },
       spawn: () => spawnPostmaster(install()!, paths(), runAs),
-      async becomeReady(current) {
-        if (isPrimary()) return provision(managed.stored, paths().socket, current);
-        const client = await connectWhenReady(paths().socket, replica().port, current);
+      async becomeReady(alive) {
+        if (isPrimary()) return provision(current(), paths().socket, alive);
+        const client = await connectWhenReady(paths().socket, replica().port, alive);
         await client.end().catch(() => undefined);
       },
     });
@@ -211,10 +279,11 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   }
 
   /** Every port an instance owns (server and gateway), so a new one is never handed out twice. */
-  const takenPorts = (extra: number[] = []) => new Set([
-    ...[...instances.values()].flatMap((m) => [m.stored.port, m.stored.gatewayPort, ...(m.stored.replica ? [m.stored.replica.port] : [])]),
-    ...extra,
-  ]);
+  const ownedPorts = (stored: SavedInstance) => [
+    stored.port, ...(stored.gatewayPort === undefined ? [] : [stored.gatewayPort]), ...(stored.replica ? [stored.replica.port] : []),
+    ...(stored.blueGreen && !stored.blueGreen.cutover ? [stored.blueGreen.port] : []),
+  ];
+  const takenPorts = (extra: number[] = []) => new Set([...[...instances.values()].flatMap((m) => ownedPorts(m.stored)), ...extra]);
 
   function view({ stored, supervisor }: Managed): Instance {
     return {
@@ -306,21 +375,31 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     }
     if (primaryStale) {
       log('info', 'settings changed; restarting the primary', { instance: managed.stored.id });
-      await checkpoint(managed);
-      // New connections wait at the gateway rather than reach a server that is shutting down.
-      const heldSince = Date.now();
-      managed.holding = true;
-      try {
-        await managed.supervisor.stop({ smartMs: sessionGraceMs });
-      } finally {
-        managed.holding = false;
-      }
-      log('info', 'primary stopped', { instance: managed.stored.id, stopMs: Date.now() - heldSince });
-      // It starts on the spec: the replica, starting beside it, must match that, not the old settings.
-      managed.applied[primarySlot(managed.stored)] = undefined;
+      await stopPrimaryHeld(managed);
     } else if (accessChanged) {
       managed.supervisor.reprovision();
     }
+  }
+
+  /**
+   * Stops the primary to restart it (the caller starts it): new connections wait at the gateway rather than
+   * reach a server that is shutting down, and its sessions get a moment to finish.
+   */
+  async function stopPrimaryHeld(managed: Managed): Promise<void> {
+    // A shutdown first archives every WAL file still waiting (a process each: seconds after a bulk load), clients
+    // held meanwhile: this waits for them before holding clients instead, up to archiveCatchUpMs.
+    for (const deadline = Date.now() + archiveCatchUpMs; Date.now() < deadline && (await archiveBacklog(managed)) > 0;) await sleep(200);
+    await checkpoint(managed);
+    const heldSince = Date.now();
+    managed.holding = true;
+    try {
+      await managed.supervisor.stop({ smartMs: sessionGraceMs });
+    } finally {
+      managed.holding = false;
+    }
+    log('info', 'primary stopped', { instance: managed.stored.id, stopMs: Date.now() - heldSince });
+    // It starts on the spec: the replica, starting beside it, must match that, not the old settings.
+    managed.applied[primarySlot(managed.stored)] = undefined;
   }
 
   /**
@@ -420,6 +499,12 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     }
   }
 
+  /** WAL files the primary has not archived yet; 0 when it cannot say. */
+  async function archiveBacklog(managed: Managed): Promise<number> {
+    return withClient(endpoint(managed.stored), 'postgres', async (client) => (await client.query<{ ready: number }>(
+      "SELECT count(*)::int AS ready FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'")).rows[0]!.ready).catch(() => 0);
+  }
+
   /** A checkpoint before a planned stop leaves the shutdown checkpoint little to write: time clients would wait. */
   async function checkpoint(managed: Managed): Promise<void> {
     const { socket } = serverPaths(managed.stored);
@@ -470,6 +555,56 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         managed.replicaRestartPending = false;
       }
     });
+  }
+
+  /** The blue/green server runs beside the primary until the cutover makes it the primary (see greenView). */
+  function startGreen(managed: Managed): Supervisor {
+    const { folder } = managed.stored.blueGreen!;
+    managed.green ??= superviseNode(managed, 'first', () => (managed.stored.folder === folder ? managed.stored : greenView(managed.stored)));
+    managed.green.start();
+    return managed.green;
+  }
+
+  /** What a blue/green upgrade has come to: its progress read on both servers before the cutover, what the cutover checked after. */
+  async function blueGreenView(managed: Managed): Promise<BlueGreen> {
+    const { cutover, folder: _folder, ...green } = managed.stored.blueGreen!;
+    if (cutover) return { ...green, status: 'cut_over', databases: [], cutover };
+    const state = managed.green?.state() ?? { status: 'stopped' };
+    if (state.status === 'failed') return { ...green, status: 'failed', reason: `the new server failed: ${state.reason ?? 'no reason given'}`, databases: [] };
+    if (state.status !== 'running' || managed.supervisor.state().status !== 'running') return { ...green, status: 'building', databases: [] };
+    const databases = await replicationProgress(endpoint(managed.stored), endpoint(greenView(managed.stored)));
+    const errors = databases.reduce((sum, d) => sum + d.errors, 0);
+    managed.greenErrors ??= { baseline: errors, count: errors, grewAt: 0 };
+    if (errors > managed.greenErrors.count) managed.greenErrors = { ...managed.greenErrors, count: errors, grewAt: Date.now() };
+    if (errors - managed.greenErrors.baseline >= replicationErrorsFailing) {
+      const failing = databases.filter((d) => d.errors > 0).map((d) => d.database);
+      return { ...green, status: 'failed', reason: `replication keeps failing in ${failing.join(', ')} (DDL on the old server?); see the new server's log`, databases };
+    }
+    const quiet = Date.now() - managed.greenErrors.grewAt >= replicationQuietMs;
+    const ready = quiet && databases.every((d) => d.initialCopyDone && d.lagBytes !== undefined && d.lagBytes <= cutoverMaxLagBytes);
+    return { ...green, status: ready ? 'ready' : 'building', databases };
+  }
+
+  /** Server folders of earlier majors whose rollback period is over. */
+  async function removeExpired(managed: Managed): Promise<void> {
+    const now = new Date().toISOString();
+    const expired = (managed.stored.retired ?? []).filter((r) => r.removeAfter <= now);
+    if (expired.length === 0) return;
+    managed.stored = { ...managed.stored, retired: managed.stored.retired!.filter((r) => r.removeAfter > now) };
+    await saveState(managed.stored);
+    for (const path of expired.flatMap((r) => r.paths)) await rm(join(instanceDir(managed.stored.id), path), { recursive: true, force: true });
+    log('info', 'removed the server folders of an earlier major', { instance: managed.stored.id, versions: expired.map((r) => r.version) });
+  }
+
+  /** Every user table's row count on both servers, read at once; what differs. */
+  async function compareTables(managed: Managed): Promise<{ tables: TableStats; differences: string[] }> {
+    const [blue, green] = await Promise.all([rowCounts(endpoint(managed.stored)), rowCounts(endpoint(greenView(managed.stored)))]);
+    const key = (t: TableStats['tables'][number]) => `${t.database}: ${t.schema}.${t.name}`;
+    const onGreen = new Map(green.tables.map((t) => [key(t), t.rows]));
+    const differences = blue.tables.filter((t) => onGreen.get(key(t)) !== t.rows)
+      .map((t) => `${key(t)} has ${t.rows} rows on the old server, ${onGreen.get(key(t)) ?? 'no table'} on the new one`);
+    const extra = green.tables.filter((t) => !blue.tables.some((b) => key(b) === key(t))).map((t) => `${key(t)} is only on the new server`);
+    return { tables: blue, differences: [...differences, ...extra] };
   }
 
   /** Waits until a (re)started server is running, or has failed. */
@@ -552,6 +687,158 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       return viewWithNodes(managed);
     }),
 
+    startBlueGreen: (id, { id: blueGreenId, version }) => serialized(id, async () => {
+      const managed = instances.get(id);
+      if (!managed) throw new NotFound(`no instance ${id} on this host`);
+      const existing = managed.stored.blueGreen;
+      if (existing?.id === blueGreenId && existing.cutover) return blueGreenView(managed);
+      if (existing && !existing.cutover && existing.id !== blueGreenId) throw new Conflict(`instance ${id} is already being upgraded (${existing.id})`);
+      if (!existing || existing.cutover) {
+        const current = managed.stored.spec.version;
+        if (!installs.some((i) => i.version === version)) throw new Unprocessable(`PostgreSQL ${version} is not installed on this host`);
+        if (majorOf(version) <= majorOf(current)) throw new Unprocessable(`${version} is not a later major than ${current}: a blue/green upgrade goes to a later major`);
+      }
+      const state = await settled(managed, 60_000);
+      if (state.status !== 'running') throw new Conflict(`instance ${id} is not running (${state.status})`);
+      await removeExpired(managed);
+
+      const blue = endpoint(managed.stored);
+      if ((await prepareSource(blue)).restartNeeded) {
+        log('info', 'blue/green: restarting the primary for wal_level = logical', { instance: id });
+        await stopPrimaryHeld(managed);
+        managed.supervisor.start();
+        const restarted = await settled(managed, 60_000);
+        if (restarted.status !== 'running') throw new Conflict(`instance ${id} did not come back for its upgrade: ${restarted.reason ?? restarted.status}`);
+      }
+      if (!existing || existing.cutover) {
+        // Saved before the server is made: a retry after a crash midway finds its port and folder.
+        const port = await allocatePort(takenPorts());
+        managed.stored = { ...managed.stored, blueGreen: { id: blueGreenId, fromVersion: managed.stored.spec.version, version, port, folder: `green-${blueGreenId}` } };
+        await saveState(managed.stored);
+      }
+      const green = startGreen(managed);
+      for (const deadline = Date.now() + 60_000; green.state().status !== 'running'; await sleep(50)) {
+        const { status, reason } = green.state();
+        if (status === 'failed' || Date.now() > deadline) throw new Conflict(`the new server of ${id} did not start: ${reason ?? 'not within 60 s'}`);
+      }
+      const target = endpoint(greenView(managed.stored));
+      const switched = await advanceWalPast(blue, target);
+      await copySchema(blue, target, runAs);
+      await subscribe(blue, target);
+      log('info', 'blue/green: subscribed', { instance: id, version, port: target.port, walFilesSwitched: switched });
+      return blueGreenView(managed);
+    }),
+
+    getBlueGreen: async (id, blueGreenId) => {
+      const managed = instances.get(id);
+      return managed?.stored.blueGreen?.id === blueGreenId ? blueGreenView(managed) : undefined;
+    },
+
+    cutover: (id, blueGreenId) => serialized(id, async () => {
+      const managed = instances.get(id);
+      const green = managed?.stored.blueGreen;
+      if (!managed || green?.id !== blueGreenId) throw new NotFound(`no blue/green upgrade ${blueGreenId} of ${id} on this host`);
+      if (green.cutover) return blueGreenView(managed);
+      const progress = await blueGreenView(managed);
+      if (progress.status !== 'ready') throw new Conflict(`the new server of ${id} is not ready for the cutover (${progress.status}${progress.reason ? `: ${progress.reason}` : ''})`);
+      const fault = faults.take('cutover', id);
+      const blue = endpoint(managed.stored);
+      const target = endpoint(greenView(managed.stored));
+      // Before clients are held: the row counts below then read indexes, not whole tables, and the new server has its statistics.
+      await Promise.all([vacuum(blue), vacuum(target, { analyze: true })]);
+      // Less for the shutdown below to write.
+      await checkpoint(managed);
+      // Clients are held only for what is left to apply once the subscriptions have caught up with the writes so far.
+      await drain(blue, target, cutoverDrainMs).catch((error: unknown) => {
+        throw new Conflict(`the new server of ${id} does not catch up with the old one: ${errorMessage(error)}`);
+      });
+      const heldSince = Date.now();
+      // Where the time clients wait goes, for the log.
+      const phasesMs: Record<string, number> = {};
+      let lapAt = heldSince;
+      const lap = (phase: string) => { phasesMs[phase] = Date.now() - lapAt; lapAt = Date.now(); };
+      managed.holding = true;
+      let upgraded: StoredInstance;
+      let unfence = async () => {};
+      try {
+        await endSourceSessions(blue, { graceMs: sessionGraceMs });
+        unfence = await fenceSource(blue);
+        // Any that logged in meanwhile cannot commit any more: it may finish what it did before, and leave.
+        await endSourceSessions(blue, { graceMs: sessionGraceMs });
+        lap('sessions');
+        await drain(blue, target, cutoverDrainMs);
+        lap('drain');
+        const sequences = await syncSequences(blue, target);
+        lap('sequences');
+        const { tables, differences } = await compareTables(managed);
+        lap('compare');
+        if (fault) differences.push(fault.message);
+        if (differences.length > 0) throw new Conflict(`the new server's rows differ from the old one's, the database stays on ${green.fromVersion}: ${differences.join('; ')}`);
+        await advanceWalPast(blue, target);
+        await finishTarget(target);
+        // The new primary archives from now on, into the database's archive.
+        await writeServerConfig(serverPaths(greenView(managed.stored)), target.port, managed.stored.spec.settings, runAs, await serverSettings?.(id, managed.stored.spec.dataKey) ?? []);
+        await withClient(target, 'postgres', (client) => client.query('SELECT pg_reload_conf()'));
+        lap('finish');
+        const { swapped: _swapped, ...blueStored } = managed.stored;
+        const retiredPaths = managed.stored.folder ? [managed.stored.folder] : ['data', 'log', 'replica'];
+        const removeAfter = new Date(Date.now() + retiredKeepDays * 86_400_000).toISOString();
+        const cutover: Cutover = { at: new Date().toISOString(), heldMs: Date.now() - heldSince, tables, sequences };
+        upgraded = {
+          ...blueStored, folder: green.folder, port: green.port, spec: { ...managed.stored.spec, version: green.version },
+          blueGreen: { ...green, cutover }, retired: [...(managed.stored.retired ?? []), { version: green.fromVersion, paths: retiredPaths, removeAfter }],
+        };
+        // Saved before any client reaches the new primary: an agent that dies from now on comes back with it as the primary.
+        await saveState(upgraded);
+        lap('save');
+      } catch (error) {
+        // The old server kept running: clients go back to it.
+        await unfence();
+        managed.holding = false;
+        log('warn', 'blue/green: cutover abandoned; clients back on the old server', { instance: id, heldMs: Date.now() - heldSince, error: errorMessage(error) });
+        throw error;
+      }
+      // Stopping starts a new generation at once (no restart of the old servers after this line: they would read the
+      // state below and start in the new folder); they shut down while clients already work on the new server. The
+      // fence holds until then: it ends with the old server.
+      const stopped = Promise.all([managed.supervisor.stop(), managed.replica?.stop()]).finally(unfence);
+      managed.stored = upgraded;
+      managed.supervisor = managed.green!;
+      managed.green = undefined;
+      managed.greenErrors = undefined;
+      managed.replica = undefined;
+      managed.applied = { first: { version: green.version, settings: managed.stored.spec.settings } };
+      managed.holding = false;
+      log('info', 'blue/green: cut over', { instance: id, from: green.fromVersion, to: green.version, heldMs: Date.now() - heldSince, phasesMs });
+      await stopped;
+      // The replica streamed from the old server: it is copied afresh from the new one, after this call answers.
+      if (managed.stored.replica) {
+        managed.replicaRestartPending = true;
+        void serialized(id, () => seedReplica(managed).finally(() => { managed.replicaRestartPending = false; }));
+      }
+      return blueGreenView(managed);
+    }),
+
+    abandonBlueGreen: (id, blueGreenId) => serialized(id, async () => {
+      const managed = instances.get(id);
+      const green = managed?.stored.blueGreen;
+      if (!managed || green?.id !== blueGreenId) return;
+      if (green.cutover) throw new Conflict(`instance ${id} was cut over to ${green.version} by ${blueGreenId}: there is nothing to abandon`);
+      await managed.green?.stop();
+      managed.green = undefined;
+      managed.greenErrors = undefined;
+      const folder = join(instanceDir(id), green.folder);
+      await stopStalePostmaster(join(folder, 'data'));
+      // The subscriptions' slots are inactive once the new server is gone.
+      if ((await settled(managed, 60_000)).status === 'running') await cleanupSource(endpoint(managed.stored));
+      await rm(folder, { recursive: true, force: true });
+      await rm(join(socketsDir, String(green.port)), { recursive: true, force: true });
+      const { blueGreen: _gone, ...rest } = managed.stored;
+      managed.stored = rest;
+      await saveState(managed.stored);
+      log('info', 'blue/green: abandoned', { instance: id, version: green.version });
+    }),
+
     removeReplica: (id) => serialized(id, async () => {
       const managed = instances.get(id);
       if (!managed?.stored.replica) return;
@@ -569,7 +856,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       managed.replica = undefined;
       await saveState(managed.stored);
       // Its own folder, or after an odd number of switchovers the first folder's data and log (the primary's folder holds the rest).
-      const files = dirname(data) === instanceDir(id) ? [data, logDir] : [dirname(data)];
+      const files = dirname(data) === baseDir(managed.stored) ? [data, logDir] : [dirname(data)];
       for (const path of [...files, socket]) await rm(path, { recursive: true, force: true });
       log('info', 'replica removed', { instance: id });
     }),
@@ -601,7 +888,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         if (stored && stored.id === id) saved.push(stored);
       }
       // Every port already owned is known before an instance from an older agent gets its gateway port.
-      const owned = saved.flatMap((s) => [s.port, ...(s.gatewayPort === undefined ? [] : [s.gatewayPort]), ...(s.replica ? [s.replica.port] : [])]);
+      const owned = saved.flatMap(ownedPorts);
       for (const { gatewayPort, ...rest } of saved) {
         const stored = { ...rest, gatewayPort: gatewayPort ?? await allocatePort(new Set(owned)) };
         if (gatewayPort === undefined) {
@@ -621,6 +908,9 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
           managed.replica = superviseNode(managed, replicaSlot(stored));
           managed.replica.start();
         }
+        // A blue/green upgrade under way goes on: its subscriptions catch up with what they missed.
+        if (stored.blueGreen && !stored.blueGreen.cutover) startGreen(managed);
+        await removeExpired(managed);
       }
     },
 

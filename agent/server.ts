@@ -2,7 +2,8 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { z } from 'zod';
 import {
-  BackupId, EnsureInstance, Fault, InstanceId, JobWait, RestartScope, RestoreId, Switchover, StartBackup, StartRestore, WalRetention, type HostInfo,
+  BackupId, BlueGreenId, EnsureInstance, Fault, InstanceId, JobWait, RestartScope, RestoreId, StartBlueGreen, Switchover, StartBackup, StartRestore, WalRetention,
+  type HostInfo,
 } from '#core/agent-api.ts';
 import {
   BadRequest, DomainError, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType,
@@ -98,6 +99,38 @@ function routes({ host, installs, instances, backups, diskQuotas, faults }: Agen
         POST: async ({ id }, body) => ({
           status: 200,
           body: await instances.switchover(parse(InstanceId, id, '/id'), parse(Switchover, await body(), '/body').id),
+        }),
+      },
+    },
+    {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/blue-green$/,
+      methods: {
+        POST: async ({ id }, body) => ({
+          status: 200,
+          body: await instances.startBlueGreen(parse(InstanceId, id, '/id'), parse(StartBlueGreen, await body(), '/body')),
+        }),
+      },
+    },
+    {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/blue-green\/(?<blueGreenId>[^/]+)$/,
+      methods: {
+        GET: async ({ id, blueGreenId }) => {
+          const upgrade = await instances.getBlueGreen(parse(InstanceId, id, '/id'), parse(BlueGreenId, blueGreenId, '/blueGreenId'));
+          if (!upgrade) throw new NotFound(`no blue/green upgrade ${blueGreenId} of ${id} on this host`);
+          return { status: 200, body: upgrade };
+        },
+        DELETE: async ({ id, blueGreenId }) => {
+          await instances.abandonBlueGreen(parse(InstanceId, id, '/id'), parse(BlueGreenId, blueGreenId, '/blueGreenId'));
+          return { status: 204 };
+        },
+      },
+    },
+    {
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/blue-green\/(?<blueGreenId>[^/]+)\/cutover$/,
+      methods: {
+        POST: async ({ id, blueGreenId }) => ({
+          status: 200,
+          body: await instances.cutover(parse(InstanceId, id, '/id'), parse(BlueGreenId, blueGreenId, '/blueGreenId')),
         }),
       },
     },

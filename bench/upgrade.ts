@@ -11,7 +11,7 @@ import { type Change, measureChange, ms, probeIntervalMs, succeeded, summary } f
  * (starter-512, a restart in place) and two nodes (business-1024, rolling: replica, switchover, old primary)
  * while the probe writes through the database's URL. BENCH_RUNS (default 5) fresh databases per plan, each
  * upgraded once; failed writes, longest stall, duration and state transitions per upgrade, and acknowledged
- * writes lost. Major upgrades are not built yet.
+ * writes lost. Major upgrades: bench/upgrade-major.ts.
  */
 
 const runs = Number(process.env.BENCH_RUNS ?? 5);

@@ -5,7 +5,9 @@ import { registerBackups } from './commands/backups.ts';
 import { registerCatalog } from './commands/catalog.ts';
 import { registerDatabases } from './commands/databases.ts';
 import { registerLogin } from './commands/login.ts';
+import { registerMaintenance } from './commands/maintenance.ts';
 import { registerOperations } from './commands/operations.ts';
+import { registerWebhooks } from './commands/webhooks.ts';
 
 /** Exit codes: 0 ok, 1 the request or operation failed, 2 the command line was wrong. */
 const usageExit = 2;
@@ -26,6 +28,8 @@ function buildProgram(): Command {
   registerOperations(program);
   registerBackups(program);
   registerCatalog(program);
+  registerMaintenance(program);
+  registerWebhooks(program);
   registerAdmin(program);
   return program;
 }

@@ -6,6 +6,7 @@ import { hashToken, issueToken } from '../functions/core/auth.ts';
 import { envNames, workflowNames, type WorkflowName } from '../functions/core/config.ts';
 import { newId } from '../functions/core/ids.ts';
 import { keyEnvNames, LocalKeyWrapper } from '../functions/core/keys.ts';
+import { outboundPolicy } from '../functions/core/outbound-url.ts';
 import { armStepFault, stepFaultsEnv } from '../functions/core/steps.ts';
 import { Store } from '../functions/core/store.ts';
 import { startAwsEndpoint } from './aws-endpoint.ts';
@@ -135,6 +136,9 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
     });
     if (options.stepFaults) process.env[stepFaultsEnv] = '1';
     else delete process.env[stepFaultsEnv];
+    // The operator's exceptions to the outbound URL guard come from the environment as they are; a malformed one stops the start here, not a webhook later.
+    const outbound = outboundPolicy();
+    if (outbound.allowHttp || outbound.allowedRanges.length) log(`outbound URLs (webhooks) may also use: ${process.env[envNames.outboundAllow]}`);
 
     const client = localDynamoClient(dynamo.endpoint);
     await ensureTable(client, tableName);

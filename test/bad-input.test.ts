@@ -46,7 +46,7 @@ describe('authentication', () => {
 
   it('answers 403 to an account token on admin routes', async () => {
     for (const route of routes.filter((r) => r.access === 'admin')) {
-      expectProblem(await carol.api.call(route.method, concrete(route.path), { name: 'x' }), 403);
+      expectProblem(await carol.api.call(route.method, concrete(route.path), route.method === 'GET' ? undefined : { name: 'x' }), 403);
     }
   });
 

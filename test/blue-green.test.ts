@@ -1,19 +1,20 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { access, mkdtemp, rm } from 'node:fs/promises';
 import type { ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
+import { BlueGreen, HostInfo, Instance, type EnsureInstance } from '#core/agent-api.ts';
 import {
-  cleanupSource, copySchema, createTarget, drain, endSourceSessions, finishTarget, prepareSource, replicationProgress, subscribe,
+  cleanupSource, copySchema, createTarget, drain, endSourceSessions, fenceSource, finishTarget, prepareSource, replicationProgress, subscribe,
   syncSequences, upgradeName, type AdminEndpoint,
 } from '../agent/blue-green.ts';
 import { findPostgresInstalls } from '../agent/host.ts';
 import { adminRole, resolveRunAs, type RunAs, type ServerPaths } from '../agent/postgres.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
+import { probeWrites } from './helpers/probe.ts';
 
 const secret = 'test-secret';
 const password = 'blue green password';
@@ -85,7 +86,7 @@ describe('blue/green building blocks', () => {
 
   beforeAll(async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'dbplane-bg-'));
-    agent = await spawnAgent({ dataDir, secret });
+    agent = await spawnAgent({ dataDir, secret, faults: true });
     host = HostInfo.parse((await call('GET', '/v1/host')).body);
     runAs = await resolveRunAs();
   });
@@ -186,5 +187,158 @@ describe('blue/green building blocks', () => {
     const newer = await runningInstance('bg-newer', spec);
 
     await expect(copySchema(newer, newer, runAs)).rejects.toMatchObject({ name: 'Unprocessable', message: expect.stringContaining('no pg_dump as new as PostgreSQL 16') });
+  });
+
+  it('fences the source at the cutover: a write that got in waits (reads go on) until the fence is released', async () => {
+    const source = await runningInstance('bg-fence', appInstanceSpec(host, password, { version: host.versions.find((v) => v.version.startsWith('15.'))!.version }));
+    await appQuery(source.port, password, 'CREATE TABLE items (id int PRIMARY KEY)');
+    const late = new pg.Client({ host: '127.0.0.1', port: source.port, user: 'app', password, database: 'app' });
+    await late.connect();
+
+    const release = await fenceSource(source);
+    const write = late.query('INSERT INTO items VALUES (1)').then(() => performance.now());
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const read = await adminRows(source, 'SELECT count(*)::int AS n FROM items');
+    const releasedAt = performance.now();
+    await release();
+
+    expect(read).toEqual([{ n: 0 }]);
+    expect(await write).toBeGreaterThanOrEqual(releasedAt);
+    await late.end();
+    expect(await appQuery(source.port, password, 'SELECT id FROM items')).toEqual([{ id: 1 }]);
+    expect((await call('DELETE', '/v1/instances/bg-fence')).status).toBe(204);
+  });
+
+  describe('through the agent API', () => {
+    const version = (m: number) => host.versions.find((v) => v.version.startsWith(`${m}.`))!.version;
+    const exists = (path: string) => access(path).then(() => true, () => false);
+    const serverVersion = async (port: number) => (await appQuery<{ v: string }>(port, password, "SELECT current_setting('server_version') AS v"))[0]!.v;
+
+    it('moves a 15 instance to 17 behind the same gateway: rows written during it kept, none failed; the old folder kept; an agent restart finds 17', async () => {
+      const id = 'bg-api';
+      const source = await runningInstance(id, appInstanceSpec(host, password, { version: version(15) }));
+      const { gatewayPort } = Instance.parse((await call('GET', `/v1/instances/${id}`)).body);
+      await appQuery(gatewayPort, password, `
+        CREATE TABLE items (id serial PRIMARY KEY, note text NOT NULL);
+        INSERT INTO items (note) SELECT 'before ' || i FROM generate_series(1, 20000) i;
+        CREATE TABLE probe (id int PRIMARY KEY);`);
+      const probe = probeWrites(async (n) => {
+        const client = new pg.Client({ host: '127.0.0.1', port: gatewayPort, user: 'app', password, database: 'app' });
+        // A session ended after its write committed (the cutover ends those left on the old server) is no failed write.
+        client.on('error', () => undefined);
+        await client.connect();
+        try {
+          await client.query(`INSERT INTO probe VALUES (${n}); INSERT INTO items (note) VALUES ('during')`);
+        } finally {
+          await client.end().catch(() => undefined);
+        }
+      }, { everyMs: 50 });
+
+      const started = await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-one', version: version(17) });
+      expect(started.status, JSON.stringify(started.body)).toBe(200);
+      expect(BlueGreen.parse(started.body)).toMatchObject({ id: 'op-one', fromVersion: version(15), version: version(17) });
+      expect((await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-one', version: version(17) })).status).toBe(200);
+      expect((await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-two', version: version(17) })).status).toBe(409);
+      const ready = await eventually(async () => {
+        const progress = BlueGreen.parse((await call('GET', `/v1/instances/${id}/blue-green/op-one`)).body);
+        return progress.status === 'ready' ? progress : undefined;
+      }, 60_000);
+      expect(ready.databases).toEqual([expect.objectContaining({ database: 'app', initialCopyDone: true, tables: 2, errors: 0 })]);
+
+      // A difference in row counts (injected) sends clients back to the old server, which kept running.
+      expect((await call('PUT', '/v1/faults', { operation: 'cutover', instanceId: id, message: 'counted differently' })).status).toBe(204);
+      const refused = await call('POST', `/v1/instances/${id}/blue-green/op-one/cutover`);
+      expect(refused.status).toBe(409);
+      expect(refused.body.detail).toContain('counted differently');
+      expect(await serverVersion(gatewayPort)).toBe(version(15));
+      await eventually(async () => (BlueGreen.parse((await call('GET', `/v1/instances/${id}/blue-green/op-one`)).body).status === 'ready' ? true : undefined), 30_000);
+
+      const cut = await call('POST', `/v1/instances/${id}/blue-green/op-one/cutover`);
+      expect(cut.status, JSON.stringify(cut.body)).toBe(200);
+      const seen = await probe.stop();
+      const done = BlueGreen.parse(cut.body);
+      expect(done.status).toBe('cut_over');
+      console.log(`blue/green through the agent: held ${done.cutover!.heldMs} ms; probe: ${seen.acknowledged.length} writes, longest stall ${seen.longestStallMs} ms`);
+      expect(seen.failures).toEqual([]);
+      expect(await serverVersion(gatewayPort)).toBe(version(17));
+      const instance = Instance.parse((await call('GET', `/v1/instances/${id}`)).body);
+      expect(instance).toMatchObject({ version: version(17), gatewayPort, status: 'running', port: done.port });
+      const probed = (await appQuery<{ id: number }>(gatewayPort, password, 'SELECT id FROM probe ORDER BY id')).map((r) => r.id);
+      expect(probed).toEqual(seen.acknowledged);
+      // The counts compared while clients were held: then equal on both.
+      const counted = Object.fromEntries(done.cutover!.tables.tables.map((t) => [t.name, t.rows]));
+      expect(counted.probe).toBeGreaterThan(0);
+      expect(counted.items).toBe(20_000 + counted.probe!);
+      const [{ next }] = await appQuery<{ next: number }>(gatewayPort, password, "INSERT INTO items (note) VALUES ('after') RETURNING id AS next");
+      expect(next).toBe(20_000 + seen.acknowledged.length + 1);
+      // A retry answers the saved result; the upgrade cannot be abandoned any more.
+      expect(BlueGreen.parse((await call('POST', `/v1/instances/${id}/blue-green/op-one/cutover`)).body).cutover).toEqual(done.cutover);
+      expect((await call('DELETE', `/v1/instances/${id}/blue-green/op-one`)).status).toBe(409);
+      // The old server is stopped, its folder kept.
+      await expect(appQuery(source.port, password, 'SELECT 1')).rejects.toThrow();
+      expect(await exists(join(dataDir, 'instances', id, 'data', 'PG_VERSION'))).toBe(true);
+
+      await agent.stop();
+      agent = await spawnAgent({ dataDir, secret, faults: true });
+      await eventually(async () => (Instance.parse((await call('GET', `/v1/instances/${id}`)).body).status === 'running' ? true : undefined), 60_000);
+      expect(await serverVersion(gatewayPort)).toBe(version(17));
+      expect((await appQuery<{ n: number }>(gatewayPort, password, 'SELECT count(*)::int AS n FROM probe'))[0]!.n).toBe(seen.acknowledged.length);
+      await expect(appQuery(source.port, password, 'SELECT 1')).rejects.toThrow();
+      expect((await call('DELETE', `/v1/instances/${id}`)).status).toBe(204);
+    }, 240_000);
+
+    it('refuses the cutover after DDL on the old server (logical replication does not carry it): clients stay there', async () => {
+      const id = 'bg-ddl';
+      const source = await runningInstance(id, appInstanceSpec(host, password, { version: version(15) }));
+      const { gatewayPort } = Instance.parse((await call('GET', `/v1/instances/${id}`)).body);
+      await appQuery(source.port, password, 'CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 100)');
+      expect((await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-ddl', version: version(17) })).status).toBe(200);
+      await eventually(async () => (BlueGreen.parse((await call('GET', `/v1/instances/${id}/blue-green/op-ddl`)).body).status === 'ready' ? true : undefined), 60_000);
+
+      await appQuery(gatewayPort, password, 'CREATE TABLE added (id int PRIMARY KEY); INSERT INTO added VALUES (1)');
+      const progress = await eventually(async () => {
+        const seen = BlueGreen.parse((await call('GET', `/v1/instances/${id}/blue-green/op-ddl`)).body);
+        return seen.status === 'failed' ? seen : undefined;
+      }, 60_000);
+      const refused = await call('POST', `/v1/instances/${id}/blue-green/op-ddl/cutover`);
+
+      expect(progress.reason).toContain('replication keeps failing in app');
+      expect(refused.status).toBe(409);
+      expect(await serverVersion(gatewayPort)).toBe(version(15));
+      expect(await appQuery(gatewayPort, password, 'SELECT id FROM added')).toEqual([{ id: 1 }]);
+      expect((await call('DELETE', `/v1/instances/${id}/blue-green/op-ddl`)).status).toBe(204);
+      expect((await call('DELETE', `/v1/instances/${id}`)).status).toBe(204);
+    }, 120_000);
+
+    it('goes on after an agent restart before the cutover, then abandons: the new server and its folder go, the old one serves on with no slot or publication left', async () => {
+      const id = 'bg-abandon';
+      const source = await runningInstance(id, appInstanceSpec(host, password, { version: version(15) }));
+      await appQuery(source.port, password, 'CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 100)');
+      expect((await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-gone', version: version(17) })).status).toBe(200);
+      const green = join(dataDir, 'instances', id, 'green-op-gone');
+      expect(await exists(join(green, 'data', 'PG_VERSION'))).toBe(true);
+
+      await agent.stop();
+      agent = await spawnAgent({ dataDir, secret, faults: true });
+      await eventually(async () => (Instance.parse((await call('GET', `/v1/instances/${id}`)).body).status === 'running' ? true : undefined), 60_000);
+      await appQuery(source.port, password, 'INSERT INTO items SELECT generate_series(101, 200)');
+      const resumed = await eventually(async () => {
+        const progress = BlueGreen.parse((await call('GET', `/v1/instances/${id}/blue-green/op-gone`)).body);
+        return progress.status === 'ready' ? progress : undefined;
+      }, 60_000);
+      // Its subscription lost the old server once, when the agent stopped it: an error, retried.
+      expect(resumed.databases).toEqual([expect.objectContaining({ database: 'app', initialCopyDone: true, lagBytes: expect.any(Number) })]);
+      expect(await serverVersion(Instance.parse((await call('GET', `/v1/instances/${id}`)).body).gatewayPort)).toBe(version(15));
+
+      expect((await call('DELETE', `/v1/instances/${id}/blue-green/op-gone`)).status).toBe(204);
+      expect((await call('DELETE', `/v1/instances/${id}/blue-green/op-gone`)).status).toBe(204);
+
+      expect(await exists(green)).toBe(false);
+      expect((await call('GET', `/v1/instances/${id}/blue-green/op-gone`)).status).toBe(404);
+      expect(await adminRows(source, 'SELECT slot_name FROM pg_replication_slots')).toEqual([]);
+      expect(await adminRows(source, `SELECT pubname FROM pg_publication WHERE pubname = '${upgradeName}'`)).toEqual([]);
+      expect(await appQuery(source.port, password, 'SELECT count(*)::int AS n FROM items')).toEqual([{ n: 200 }]);
+      expect((await call('DELETE', `/v1/instances/${id}`)).status).toBe(204);
+    }, 120_000);
   });
 });

@@ -50,7 +50,9 @@ describe('state machines from the synthesized template', () => {
     for (const { name, definition, tasks } of machines) {
       for (const [stateName, resource] of taskStates(definition)) {
         expect(resource, `${name}.${stateName}`).toMatch(/^arn:aws:lambda:us-east-1:000000000000:function:\w+$/);
-        expect(tasks[resource], `${name}.${stateName}`).toEqual({ entry: steps[stateName as StepName], handler: 'handler' });
+        // A state named after its step runs that step; a few (the major upgrade's after its cutover) have names of their own.
+        const step = stateName in steps ? steps[stateName as StepName] : expect.toBeOneOf(Object.values(steps));
+        expect(tasks[resource], `${name}.${stateName}`).toEqual({ entry: step, handler: 'handler' });
       }
     }
   });

@@ -4,7 +4,7 @@ import { type EngineName, engineNames } from '#core/catalog.ts';
 import { DatabaseView } from '#core/model.ts';
 import {
   AuditEventList, type ChangePlanBody, CreateDatabaseBody, DatabaseCreated, DatabaseDeleted, DatabaseList, PlanChangePreview, PlanChangeStarted,
-  type UpgradeBody, UpgradeList, UpgradeReport, UpgradeStarted,
+  type TagsBody, type UpgradeBody, UpgradeList, UpgradeReport, UpgradeStarted,
 } from '../../functions/api/schemas.ts';
 import { CliError } from '../client.ts';
 import { readConfig, updateConfig } from '../config.ts';
@@ -20,10 +20,11 @@ export function registerDatabases(program: Command): void {
     .argument('<name>', 'lowercase letters, digits and dashes')
     .addOption(new Option('--engine <engine>', 'the database engine').choices(engineNames).makeOptionMandatory())
     .option('--version <version>', 'a major ("17") or major.minor ("17.10"); default: the newest default major')
-    .requiredOption('--plan <plan>', 'a plan id (see dbplane plans)'))
-    .action(async (name: string, options: { engine: EngineName; version?: string; plan: string } & WaitOptions, command: Command) => {
+    .requiredOption('--plan <plan>', 'a plan id (see dbplane plans)')
+    .option('--tag <tags...>', 'tags: key=value or labels, e.g. env=staging'))
+    .action(async (name: string, options: { engine: EngineName; version?: string; plan: string; tag?: string[] } & WaitOptions, command: Command) => {
       const ctx = await contextOf(command);
-      const body: z.input<typeof CreateDatabaseBody> = { name, engine: options.engine, version: options.version, plan: options.plan };
+      const body: z.input<typeof CreateDatabaseBody> = { name, engine: options.engine, version: options.version, plan: options.plan, tags: options.tag };
       const created = await ctx.client.post('/databases', body, DatabaseCreated);
       // Saved before anything else can fail: the API will never show this password again.
       await updateConfig(ctx.configPath, (config) => {
@@ -94,6 +95,21 @@ export function registerDatabases(program: Command): void {
       }
       if (!ctx.json) ctx.out(`changing ${db.name} from ${db.plan} to ${plan}: ${started.operation.kind} operation ${started.operation.id}\n`);
       if (options.wait) await waitForOperation(ctx, started.operation, options.timeout);
+    });
+
+  databases.command('tag')
+    .description('add or change tags (key=value or labels): a key given again gets the new value; --remove drops keys or labels')
+    .argument('<database>', 'name or id')
+    .argument('[tags...]', 'e.g. env=staging team=shop pci')
+    .option('--remove <keys...>', 'keys or labels to drop')
+    .action(async (ref: string, tags: string[], options: { remove?: string[] }, command: Command) => {
+      const ctx = await contextOf(command);
+      const db = await findDatabase(ctx, ref);
+      const keyOf = (tag: string) => tag.split('=')[0];
+      const replaced = new Set([...tags.map(keyOf), ...(options.remove ?? [])]);
+      const body: z.input<typeof TagsBody> = { tags: [...(db.tags ?? []).filter((t) => !replaced.has(keyOf(t))), ...tags] };
+      const tagged = await ctx.client.put(`/databases/${encodeURIComponent(db.id)}/tags`, body, DatabaseView);
+      ctx.out(ctx.json ? json(tagged) : `${tagged.name}: ${tagged.tags?.join(' ') || 'no tags'}\n`);
     });
 
   databases.command('plan-preview')
@@ -198,6 +214,7 @@ function databaseFields(db: DatabaseView, extra: [string, string][] = []): strin
     ['id', db.id],
     ['engine', `${db.engine} ${db.version}`],
     ['plan', db.plan],
+    ['tags', db.tags?.join(' ')],
     ['pending plan', db.pendingPlanChange && `${db.pendingPlanChange.plan} at the next maintenance window (asked ${db.pendingPlanChange.requestedAt})`],
     ['pending upgrade', db.pendingUpgrade && `${db.pendingUpgrade.version} at the next maintenance window (asked ${db.pendingUpgrade.requestedAt})`],
     ['status', db.statusReason ? `${db.status} (${db.statusReason})` : db.status],

@@ -1,13 +1,17 @@
-import { createDatabase, databaseNodes, deleteDatabase, findDatabase } from '#core/databases.ts';
+import { createDatabase, databaseNodes, deleteDatabase, findDatabase, setTags } from '#core/databases.ts';
 import { apiHandler, json } from '#core/http.ts';
 import { findPlan } from '#core/catalog.ts';
 import { databaseView, resourceLimits } from '#core/model.ts';
 import { apiDeps, backupDeps } from './deps.ts';
-import { CreateDatabaseBody, DeleteDatabaseQuery, IdParams } from './schemas.ts';
+import { CreateDatabaseBody, DeleteDatabaseQuery, IdParams, TagsBody } from './schemas.ts';
 
 export const create = apiHandler({ access: 'account', body: CreateDatabaseBody, idempotent: true }, async ({ caller, body }) => {
   const { database, operation, password } = await createDatabase(apiDeps(), caller, body);
   return json(202, { database: databaseView(database), operation, password }, { location: `/databases/${database.id}` });
+});
+
+export const tag = apiHandler({ access: 'account', params: IdParams, body: TagsBody, idempotent: true }, async ({ caller, params, body, store }) => {
+  return json(200, databaseView(await setTags(store, caller, params.id, body.tags)));
 });
 
 export const list = apiHandler({ access: 'account' }, async ({ caller, store }) => {

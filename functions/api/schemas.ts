@@ -1,15 +1,23 @@
 import { z } from 'zod';
 import { EngineName, OfferedVersion, Plan, planIds } from '#core/catalog.ts';
-import { Account, AuditEvent, Backup, DatabaseName, DatabaseView, Operation, Scope, TokenRecord } from '#core/model.ts';
+import { Account, AuditEvent, Backup, DatabaseName, DatabaseView, Operation, Scope, Tags, TokenRecord } from '#core/model.ts';
 import { DownloadFormat } from '#core/backups.ts';
+import { FreezePeriod } from '#core/maintenance-model.ts';
+import { Webhook, WebhookDelivery } from '#core/webhooks.ts';
 export { BackupScheduleBody, RestoreRequest } from '#core/backups.ts';
 export { ChangePlanBody, PlanPreviewQuery } from '#core/plans.ts';
 export { UpgradeBody, UpgradeList, UpgradeReport, UpgradeReportQuery } from '#core/upgrades.ts';
+export { MaintenanceWindow } from '#core/maintenance-window.ts';
+export { FreezeBody, MaintenanceList, WindowView } from '#core/maintenance.ts';
+export { Maintenance, Rollout } from '#core/maintenance-model.ts';
+export { FleetMaintenanceBody } from '#core/maintenance-rollouts.ts';
+export { CreateWebhookBody, Webhook, WebhookWithSecret } from '#core/webhooks.ts';
 
 /** Request and response schemas of the HTTP API: the handlers parse with them and /openapi.json shows them. */
 
 export const IdParams = z.object({ id: z.string().min(1).max(64) });
 export const BackupParams = IdParams.extend({ backupId: z.string().min(1).max(64) });
+export const MaintenanceParams = IdParams.extend({ maintenanceId: z.string().min(1).max(64) });
 export const DeleteDatabaseQuery = z.object({
   purge: z.enum(['true', 'false']).default('false').describe('also delete every backup now and destroy the data key (crypto-shredding)'),
 }).strict();
@@ -19,7 +27,10 @@ export const CreateDatabaseBody = z.object({
   engine: EngineName,
   version: z.string().regex(/^\d+(\.\d+)?$/, 'a major ("17") or a major.minor ("17.10")').optional(),
   plan: z.enum(planIds as [string, ...string[]]),
+  tags: Tags.optional(),
 }).strict();
+
+export const TagsBody = z.object({ tags: Tags }).strict();
 
 export const DatabaseCreated = z.object({
   database: DatabaseView,
@@ -93,5 +104,10 @@ export const Problem = z.object({
   instance: z.string().optional(),
   errors: z.array(z.object({ pointer: z.string(), detail: z.string() })).optional(),
 });
+
+export const WebhookList = z.object({ webhooks: z.array(Webhook) });
+export const WebhookDeliveryList = z.object({ deliveries: z.array(WebhookDelivery).describe('the newest 50, newest first') });
+
+export const FreezeList = z.object({ periods: z.array(FreezePeriod) });
 
 export const OpenApiDocument = z.object({ openapi: z.string(), paths: z.record(z.string(), z.unknown()) }).loose();

@@ -27,6 +27,20 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   GET    /v1/instances/{id}/upgrade-checks?version=X → UpgradeChecks (what would stop or spoil an upgrade to version X,
  *          "major.minor", read from the live primary in every database that accepts connections; changes nothing;
  *          409 when the server is not running, 422 when X is not installed on this host)
+ *   POST   /v1/instances/{id}/blue-green StartBlueGreen → BlueGreen (a major upgrade by blue/green, built beside the
+ *          running primary: wal_level = logical on it (a restart with new connections held at the gateway, when needed),
+ *          a server of the target version in its own folder, roles and schema copied, one subscription per database;
+ *          idempotent; 409 while another one is under way; answers once the initial copy has started)
+ *   GET    /v1/instances/{id}/blue-green/{bgId} → BlueGreen | 404 (progress; `ready` once caught up)
+ *   POST   /v1/instances/{id}/blue-green/{bgId}/cutover → BlueGreen (409 unless `ready`; VACUUM on both servers and
+ *          ANALYZE on the new one; then holds new connections, ends the old server's sessions, locks its tables against
+ *          writes, drains the subscriptions, copies the sequences, compares every user table's row count on both: a
+ *          difference answers 409 and clients go back to the old server, which kept running; else the new server becomes
+ *          the primary behind the same gateway, the state is saved, clients are released; the old server is stopped and
+ *          its folder kept for `retiredKeepDays` (removed at the agent's next start or upgrade after that); on 2 nodes the replica is copied afresh from the new primary; a retry
+ *          answers the saved result)
+ *   DELETE /v1/instances/{id}/blue-green/{bgId} → 204 (before the cutover: the new server and its folder go, the old one's
+ *          slots and publications too; absent is fine; 409 once cut over)
  *   PUT    /v1/faults               Fault → 204 (only when the agent runs with fault injection enabled)
  *   DELETE /v1/faults               → 204
  *
@@ -294,7 +308,6 @@ export function downloadSignature(secret: string, databaseId: string, backupId: 
   return createHmac('sha256', `dbplane-download:${secret}`).update(`${databaseId}/${backupId}/${expires}`).digest('base64url');
 }
 
-/** A test-only hook: make the next matching call fail (e.g. to prove a rollback). */
 /** How a converge restarts servers whose settings changed: all of them, or only the replica (see PUT /v1/instances/{id}). */
 export const RestartScope = z.enum(['all', 'replica']);
 export type RestartScope = z.infer<typeof RestartScope>;
@@ -302,9 +315,67 @@ export type RestartScope = z.infer<typeof RestartScope>;
 export const Switchover = z.object({ id: z.string().min(1).max(128).describe('names this switchover: a retry with the same id is a no-op') }).strict();
 export type Switchover = z.infer<typeof Switchover>;
 
+/** A test-only hook: make the next matching call fail (e.g. to prove a rollback). `cutover` makes the cutover's row counts differ. */
 export const Fault = z.object({
-  operation: z.enum(['ensureInstance', 'startServer', 'deleteInstance', 'backup', 'restore', 'switchover']),
+  operation: z.enum(['ensureInstance', 'startServer', 'deleteInstance', 'backup', 'restore', 'switchover', 'cutover']),
   instanceId: InstanceId.optional(),
   message: z.string().default('injected fault'),
 });
 export type Fault = z.infer<typeof Fault>;
+
+// ---- major upgrades: blue/green through logical replication
+
+/** How long the agent keeps the old server's folder after a major upgrade's cutover, for a rollback by hand; then it removes it. */
+export const retiredKeepDays = 7;
+
+export const BlueGreenId = z.string().regex(/^[a-z0-9][a-z0-9-]{2,62}$/).describe('names the upgrade (the operation id): a retry with the same id is the same upgrade');
+
+export const StartBlueGreen = z.object({ id: BlueGreenId, version: EnsureInstance.shape.version }).strict();
+export type StartBlueGreen = z.infer<typeof StartBlueGreen>;
+
+/** How far one user database of the old server has come on the new one. */
+export const DatabaseProgress = z.object({
+  database: z.string(),
+  subscribed: z.boolean(),
+  tables: z.number().int(),
+  /** Tables whose initial copy is done and that the subscription's apply worker keeps up to date ('r'). */
+  tablesReady: z.number().int(),
+  initialCopyDone: z.boolean(),
+  /**
+   * Times the apply or a table-sync worker failed (the new server's log says why), e.g. after DDL on the
+   * old server, which logical replication does not carry: it retries, but a count that grows will not heal.
+   */
+  errors: z.number().int(),
+  /** WAL the old server wrote that the subscription has not confirmed (applied and flushed); absent without its slot. */
+  lagBytes: z.number().int().min(0).optional(),
+});
+export type DatabaseProgress = z.infer<typeof DatabaseProgress>;
+
+/** What the cutover checked while new connections were held. */
+export const Cutover = z.object({
+  at: z.string(),
+  /** How long new connections were held (the stall a client sees). */
+  heldMs: z.number().int(),
+  /** Every user table's row count, equal on both servers when the cutover happened. */
+  tables: TableStats,
+  sequences: z.number().int(),
+});
+export type Cutover = z.infer<typeof Cutover>;
+
+export const BlueGreen = z.object({
+  id: BlueGreenId,
+  fromVersion: z.string(),
+  version: z.string(),
+  /** The new server's own port (the admin's; clients keep using the gateway). */
+  port: z.number().int(),
+  /**
+   * `building`: copying and streaming; `ready`: caught up (every table copied, less than 4 MiB to apply, no replication
+   * error for 15 s): a cutover may start; `failed`: the new server failed or replication keeps failing (3 errors; `reason`);
+   * `cut_over`: it is the primary.
+   */
+  status: z.enum(['building', 'ready', 'failed', 'cut_over']),
+  reason: z.string().optional(),
+  databases: z.array(DatabaseProgress),
+  cutover: Cutover.optional(),
+});
+export type BlueGreen = z.infer<typeof BlueGreen>;

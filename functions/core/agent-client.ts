@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import {
-  ArchiveSummary, BackupJob, downloadSignature, EnsureInstance, HostInfo, Instance, InstanceUsage, type RestartScope, RestoreJob, type Switchover, type StartBackup, type StartRestore,
+  ArchiveSummary, BackupJob, BlueGreen, downloadSignature, EnsureInstance, HostInfo, Instance, InstanceUsage, type RestartScope, RestoreJob, type StartBlueGreen,
+  type Switchover, type StartBackup, type StartRestore,
   TableStats, UpgradeChecks, WalRetentionResult,
 } from './agent-api.ts';
 import { config, envNames } from './config.ts';
@@ -40,6 +41,25 @@ export class AgentClient {
   /** Stops and removes the instance's replica and its slot; absent is fine. */
   async deleteReplica(id: string): Promise<void> {
     await this.call('DELETE', `/v1/instances/${id}/replica`, undefined);
+  }
+
+  /** Starts (or finds) a major upgrade by blue/green; answers once the initial copy has started (see the contract). */
+  startBlueGreen(id: string, request: StartBlueGreen): Promise<BlueGreen> {
+    return this.call('POST', `/v1/instances/${id}/blue-green`, BlueGreen, request);
+  }
+
+  getBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen | undefined> {
+    return this.call('GET', `/v1/instances/${id}/blue-green/${blueGreenId}`, BlueGreen, undefined, true);
+  }
+
+  /** Clients move to the new server, or (409) stay on the old one when the rows differ; a retry answers the saved result. */
+  cutover(id: string, blueGreenId: string): Promise<BlueGreen> {
+    return this.call('POST', `/v1/instances/${id}/blue-green/${blueGreenId}/cutover`, BlueGreen);
+  }
+
+  /** Before the cutover, drops the new server; absent is fine. */
+  async abandonBlueGreen(id: string, blueGreenId: string): Promise<void> {
+    await this.call('DELETE', `/v1/instances/${id}/blue-green/${blueGreenId}`, undefined);
   }
 
   /** Disk, connections and live settings of a running server (409 when it is not running). */

@@ -4,7 +4,7 @@
  */
 
 /** The long operations, one Standard state machine each. */
-export const workflowNames = ['Provision', 'Deprovision', 'Backup', 'Restore', 'RestoreDrill', 'ChangePlan', 'Upgrade'] as const;
+export const workflowNames = ['Provision', 'Deprovision', 'Backup', 'Restore', 'RestoreDrill', 'ChangePlan', 'Upgrade', 'Maintenance', 'Restart'] as const;
 export type WorkflowName = (typeof workflowNames)[number];
 
 export const envNames = {
@@ -15,6 +15,8 @@ export const envNames = {
   /** In AWS the agent secret lives in Secrets Manager; handlers get its ARN instead of its value. */
   agentSecretArn: 'AGENT_SECRET_ARN',
   stateMachineArn: (workflow: WorkflowName) => `STATE_MACHINE_ARN_${workflow.toUpperCase()}`,
+  /** The operator's exceptions to the outbound URL guard (webhooks): see functions/core/outbound-url.ts. Unset: public HTTPS only. */
+  outboundAllow: 'DBPLANE_OUTBOUND_ALLOW',
 } as const;
 
 function required(name: string): string {

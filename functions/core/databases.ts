@@ -5,6 +5,8 @@ import type { AgentClient } from './agent-client.ts';
 import { AgentRefused, AgentUnavailable, NotFound, Unprocessable } from './errors.ts';
 import type { EventPublisher } from './events.ts';
 import { newId } from './ids.ts';
+import type { MaintenanceRun } from './maintenance-model.ts';
+import { randomDefaultWindow } from './maintenance-window.ts';
 import type { Caller, Database, DatabaseStatus, Operation, OperationKind } from './model.ts';
 import { randomInt } from 'node:crypto';
 import { generatePassword, scramVerifier } from './scram.ts';
@@ -18,6 +20,8 @@ export interface Deps {
   workflows: Workflows;
   events: EventPublisher;
   now?: () => Date;
+  /** A maintenance starting an operation: its window and clock, kept in the operation's input for its disruptive steps. */
+  maintenanceRun?: MaintenanceRun;
 }
 
 /**
@@ -55,6 +59,7 @@ export interface CreateDatabaseInput {
   engine: 'postgresql';
   version?: string;
   plan: string;
+  tags?: string[];
 }
 
 export async function createDatabase(deps: Deps, caller: Caller, input: CreateDatabaseInput) {
@@ -80,7 +85,7 @@ export const defaultBackupHour = () => randomInt(0, 6);
 /** A new database record (status `creating`), the operation that brings it up, and its password (shown once, kept nowhere). */
 export function newDatabase(
   caller: Caller,
-  input: Pick<CreateDatabaseInput, 'name' | 'engine' | 'plan'>,
+  input: Pick<CreateDatabaseInput, 'name' | 'engine' | 'plan' | 'tags'>,
   version: string,
   at: string,
   kind: OperationKind,
@@ -103,11 +108,18 @@ export function newDatabase(
     passwordVerifier: scramVerifier(password),
     activeOperation: operation.id,
     backupHour: defaultBackupHour(),
+    maintenanceWindow: randomDefaultWindow(),
+    ...(input.tags?.length ? { tags: input.tags } : {}),
     rev: 1,
     createdAt: at,
     updatedAt: at,
   };
   return { database, operation, password };
+}
+
+/** Replaces the database's tags (validated by Tags); the API shows them on the database. */
+export async function setTags(store: Store, caller: Caller, idOrName: string, tags: string[]): Promise<Database> {
+  return store.setTags(await findDatabase(store, caller, idOrName), tags);
 }
 
 /** Deprovisions; backups stay for their retention unless `purge`, which also destroys the data key (crypto-shredding). */
@@ -129,7 +141,8 @@ export function newOperation(databaseId: string, accountId: string, kind: Operat
 export async function startOnRunning(
   deps: Deps, caller: Caller, database: Database, start: { kind: OperationKind; workflow: WorkflowName; input: Record<string, unknown>; at: string },
 ): Promise<{ database: Database; operation: Operation }> {
-  const operation = newOperation(database.id, caller.accountId, start.kind, start.input, start.at);
+  const input = deps.maintenanceRun ? { ...start.input, maintenance: deps.maintenanceRun } : start.input;
+  const operation = newOperation(database.id, caller.accountId, start.kind, input, start.at);
   await deps.store.startOperation(operation, ['running'], 'running');
   return { database: { ...database, activeOperation: operation.id }, operation: await startWorkflow(deps, start.workflow, operation) };
 }

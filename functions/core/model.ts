@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { BackupJob, InstanceNode, type HostInfo } from './agent-api.ts';
 import { EngineName, type Plan } from './catalog.ts';
+import { MaintenanceWindow } from './maintenance-window.ts';
 
 /** The records dbplane keeps, as the API shows them. Types are inferred from these schemas. */
 
@@ -10,6 +11,15 @@ export const DatabaseStatus = z.enum(['creating', 'running', 'restoring', 'delet
 export type DatabaseStatus = z.infer<typeof DatabaseStatus>;
 
 export const Endpoint = z.object({ host: z.string(), port: z.number().int() });
+
+/** A database tag: `key=value` or a plain label (`pci`); keys and labels lowercase. Operators target maintenance by tag. */
+export const Tag = z.string().regex(
+  /^[a-z][a-z0-9_.-]{0,39}(=[A-Za-z0-9_.:/-]{1,64})?$/,
+  'key=value or a label: the key (or label) lowercase letters, digits, _ . - (at most 40, starting with a letter); the value at most 64 of A-Z a-z 0-9 _ . : / -',
+);
+/** At most 20, one value per key. */
+export const Tags = z.array(Tag).max(20)
+  .refine((tags) => new Set(tags.map((t) => t.split('=')[0])).size === tags.length, 'one tag per key (and each label once)');
 
 export const Database = z.object({
   id: z.string(),
@@ -36,9 +46,13 @@ export const Database = z.object({
   /** The version of the data key in use (KEY#<n>); absent before provisioning created it or after a purge. */
   dataKeyVersion: z.number().int().optional(),
   /** A plan change asked for the next maintenance window (`when: maintenance_window`); nothing runs it before then. */
-  pendingPlanChange: z.object({ plan: z.string(), requestedAt: z.string() }).optional(),
+  pendingPlanChange: z.object({ plan: z.string(), requestedAt: z.string(), maintenanceId: z.string().optional() }).optional(),
   /** An upgrade requested for the maintenance window (`when: maintenance_window`); nothing runs it before the window. */
-  pendingUpgrade: z.object({ version: z.string(), requestedAt: z.string() }).optional(),
+  pendingUpgrade: z.object({ version: z.string(), requestedAt: z.string(), maintenanceId: z.string().optional() }).optional(),
+  /** The weekly maintenance window; absent on records from before windows existed (see derivedDefaultWindow). */
+  maintenanceWindow: MaintenanceWindow.optional(),
+  /** Its tags; each has an index item (TAG#<tag>, see Store.setTags) so a maintenance can target it without a scan. */
+  tags: Tags.optional(),
   rev: z.number().int(),
   createdAt: z.string(),
   updatedAt: z.string(),
@@ -87,8 +101,12 @@ export function resourceLimits(plan: Plan, hosts: Pick<HostInfo, 'limits'>[]): R
   };
 }
 
-/** `drill`: a restore drill, which restores into a scratch server and holds no lock on the database. `change_plan`: input `{fromPlan, toPlan}`; `upgrade`: `{fromVersion, toVersion}`. */
-export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore', 'drill', 'change_plan', 'upgrade']);
+/**
+ * `drill`: a restore drill, which restores into a scratch server and holds no lock on the database. `change_plan`: input
+ * `{fromPlan, toPlan}`; `upgrade`: `{fromVersion, toVersion, strategy}`; `restart` (run by maintenance): `{fromPlan, toPlan}`,
+ * both the database's plan, whose settings the servers restart on.
+ */
+export const OperationKind = z.enum(['provision', 'deprovision', 'backup', 'restore', 'drill', 'change_plan', 'upgrade', 'restart']);
 export type OperationKind = z.infer<typeof OperationKind>;
 
 export const OperationStatus = z.enum(['pending', 'running', 'succeeded', 'failed', 'rolled_back']);

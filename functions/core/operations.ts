@@ -1,4 +1,5 @@
-import { maxJobWaitSeconds, TableStats, type EnsureInstance, type StartRestore } from './agent-api.ts';
+import { z } from 'zod';
+import { maxJobWaitSeconds, TableStats, type Cutover, type EnsureInstance, type StartRestore } from './agent-api.ts';
 import { findPlan, postgresSettings, sameSetting } from './catalog.ts';
 import type { AgentClient } from './agent-client.ts';
 import { backupOutcome, DrillInput, RestoreInput } from './backups.ts';
@@ -8,7 +9,7 @@ import { type KeyWrapper, newWrappedDataKey } from './keys.ts';
 import type { Database, DatabaseStatus, Operation } from './model.ts';
 import { ChangePlanInput, usageProblems } from './plans.ts';
 import type { StepInput } from './steps.ts';
-import { UpgradeInput } from './upgrades.ts';
+import { checkedMethod, UpgradeInput, UpgradeStrategy } from './upgrades.ts';
 import type { Store } from './store.ts';
 
 /** What the workflows' steps do, as plain functions of their dependencies. */
@@ -76,34 +77,72 @@ export async function precheckPlan(deps: Pick<StepDeps, 'store' | 'agent'>, inpu
   if (problems.length > 0) throw new Unprocessable(problems.join('; '));
 }
 
-// ---- upgrades (minor: a restart on other binaries): precheck, then the steps above, verify; revert on any failure
+// ---- upgrades (minor: a restart on other binaries; major: blue/green): precheck, the path of the strategy, verify
+
+/** What PrecheckUpgrade leaves at `$.precheck`: the path the upgrade takes, and every user table for VerifyUpgrade. */
+export const UpgradePrecheck = z.object({ strategy: UpgradeStrategy, tables: TableStats });
+export type UpgradePrecheck = z.infer<typeof UpgradePrecheck>;
 
 /** Runs the upgrade's blocking checks again on the live server, and lists every user table for VerifyUpgrade. */
-export async function precheckUpgrade(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<TableStats> {
+export async function precheckUpgrade(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<UpgradePrecheck> {
   const { operation, database } = await load(deps.store, input);
-  const { toVersion } = UpgradeInput.parse(operation.input);
+  const { toVersion, strategy } = UpgradeInput.parse(operation.input);
   const blocking = (await deps.agent.upgradeChecks(database.id, toVersion)).checks
-    .filter((c) => c.severity === 'blocking' && c.appliesTo.includes('minor'));
+    .filter((c) => c.severity === 'blocking' && c.appliesTo.includes(checkedMethod(strategy)));
   if (blocking.length > 0) throw new Unprocessable(blocking.map((c) => c.detail).join('; '));
-  return deps.agent.tableStats(database.id);
+  return { strategy, tables: await deps.agent.tableStats(database.id) };
 }
 
 /**
  * The server says it runs the target version, and every user table counted before is still there and
- * reads in full (a sequential count). Row counts are not compared: clients write during a minor upgrade.
+ * reads in full (a sequential count). Row counts are not compared here: clients write during an upgrade (a
+ * major upgrade's cutover compared them on both servers while clients were held).
  */
-export async function verifyUpgrade(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { tablesBefore?: unknown }): Promise<void> {
+export async function verifyUpgrade(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { precheck?: unknown }): Promise<void> {
   const { operation, database } = await load(deps.store, input);
   const { toVersion } = UpgradeInput.parse(operation.input);
   const [usage, after] = await Promise.all([deps.agent.usage(database.id), deps.agent.tableStats(database.id)]);
   const wrong: string[] = [];
   if (usage.serverVersion.split(' ')[0] !== toVersion) wrong.push(`the server says ${usage.serverVersion}, not ${toVersion}`);
-  const before = TableStats.parse(input.tablesBefore);
+  const before = UpgradePrecheck.parse(input.precheck).tables;
   const key = (t: TableStats['tables'][number]) => `${t.database}.${t.schema}.${t.name}`;
   const readable = new Set(after.tables.map(key));
   const missing = before.tables.map(key).filter((table) => !readable.has(table));
   if (missing.length > 0) wrong.push(`tables gone: ${missing.join(', ')}`);
   if (wrong.length > 0) throw new UpgradeNotApplied(wrong.join('; '));
+}
+
+/** A major upgrade: the agent builds the new server beside the old one and subscribes it (named by the operation: a retry finds it). */
+export async function startBlueGreen(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  const { operation, database } = await load(deps.store, input);
+  await deps.agent.startBlueGreen(database.id, { id: operation.id, version: UpgradeInput.parse(operation.input).toVersion });
+}
+
+/** Ready once the new server has copied every table and caught up; a failed one (its server, or replication that keeps failing) fails the step. */
+export async function checkBlueGreen(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { blueGreenProgress?: PollResult }): Promise<PollResult> {
+  const attempts = (input.blueGreenProgress?.attempts ?? 0) + 1;
+  const progress = await deps.agent.getBlueGreen(input.databaseId, input.operationId);
+  if (!progress) throw new UpgradeNotApplied('the new server is gone from its host');
+  if (progress.status === 'failed') throw new UpgradeNotApplied(progress.reason ?? 'the new server failed');
+  return { ready: progress.status === 'ready', attempts };
+}
+
+/**
+ * Clients move to the new server (the agent compares every table's row count on both while they are held: a
+ * difference keeps them on the old one and fails the step). What it checked is recorded on the operation and
+ * left at `$.cutover`: from there on the database runs on the new major.
+ */
+export async function cutover(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<Cutover> {
+  const { operation, database } = await load(deps.store, input);
+  const { cutover: done } = await deps.agent.cutover(database.id, operation.id);
+  if (!done) throw new UpgradeNotApplied('the host answered the cutover without its result');
+  await deps.store.setOperationResult(operation, { cutoverAt: done.at, heldMs: done.heldMs, tables: done.tables.tables.length, rows: done.tables.totalRows });
+  return done;
+}
+
+/** Before the cutover, the new server goes; the database never left the old one. */
+export async function abandonBlueGreen(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
+  await deps.agent.abandonBlueGreen(input.databaseId, input.operationId);
 }
 
 /** The agent restarts every server not yet on the target spec (same endpoint); the poll that follows waits for health. */
@@ -370,12 +409,13 @@ export async function completeOperation(deps: StepDeps, input: StepInput): Promi
   };
   const changes: Record<Operation['kind'], () => Promise<FinishChanges>> = {
     provision: newServer,
-    deprovision: async () => ({ status: 'deleted', deleted: { accountId: database.accountId, name: database.name }, purged: operation.input.purge === true }),
+    deprovision: async () => ({ status: 'deleted', deleted: { accountId: database.accountId, name: database.name, tags: database.tags }, purged: operation.input.purge === true }),
     backup: async () => ({ status: 'running' }),
     restore: async () => (RestoreInput.parse(operation.input).into === 'new' ? newServer() : { status: 'running' }),
     drill: async () => ({ status: database.status }),
     change_plan: async () => ({ status: 'running', plan: ChangePlanInput.parse(operation.input).toPlan }),
     upgrade: async () => ({ status: 'running', version: UpgradeInput.parse(operation.input).toVersion }),
+    restart: async () => ({ status: 'running' }),
   };
   if (!(await finish(deps, operation, database, { status: 'succeeded', at }, await changes[operation.kind]()))) return;
   if (operation.kind === 'change_plan') await deps.events.planChanged(operation, { from: database.plan, to: ChangePlanInput.parse(operation.input).toPlan, at });
@@ -396,15 +436,17 @@ export async function failOperation(deps: Omit<StepDeps, 'agent'>, input: StepIn
   const failedBackup = backup && backup.status !== 'completed'
     ? [{ Put: { TableName: deps.store.table, Item: deps.store.backupItem({ ...backup, status: 'failed', reason, finishedAt: at }) } }]
     : [];
+  // After a major upgrade's cutover the database runs on the new major, whatever fails later: that is its version.
+  const cutOver = operation.kind === 'upgrade' && input.cutover !== undefined;
   // The database was not touched by a failed backup, nor by a failed restore in place (the host put the old data back),
   // nor by a failed plan change or upgrade whose revert worked (the server runs on its previous plan and version).
   const rolledBack = (operation.kind === 'restore' && RestoreInput.parse(operation.input).into === 'same')
-    || ((operation.kind === 'change_plan' || operation.kind === 'upgrade') && !input.cleanupError);
+    || ((operation.kind === 'change_plan' || operation.kind === 'upgrade' || operation.kind === 'restart') && !input.cleanupError && !cutOver);
   const untouched = operation.kind === 'backup' || rolledBack;
   await finish(
     deps, operation, database,
     { status: rolledBack ? 'rolled_back' : 'failed', error: reason, at },
-    untouched ? { status: 'running' } : { status: 'failed', statusReason: reason },
+    { ...(untouched ? { status: 'running' } : { status: 'failed', statusReason: reason }), ...(cutOver ? { version: UpgradeInput.parse(operation.input).toVersion } : {}) },
     failedBackup,
   );
 }
@@ -460,10 +502,17 @@ export async function reapOperation(deps: ReaperDeps, ref: Pick<Operation, 'id' 
     return false;
   }
   const input = { operationId: operation.id, databaseId: operation.databaseId };
+  const blueGreen = operation.kind === 'upgrade' && UpgradeInput.parse(operation.input).strategy === 'logical';
+  // A major upgrade that was cut over stays on the new major; one that was not is abandoned.
+  const cutOver = blueGreen ? (await deps.agent.getBlueGreen(operation.databaseId, operation.id))?.cutover : undefined;
   if (operation.kind === 'provision') await removeInstance(deps.agent, input);
   if (operation.kind === 'restore') await abandonRestore(deps, input);
   if (operation.kind === 'drill') await removeScratch(deps, input);
-  if (operation.kind === 'change_plan' || operation.kind === 'upgrade') await revertChange(deps, input);
-  await failOperation(deps, { ...input, error: { Error: 'ExecutionLost', Cause: 'the workflow stopped before the operation finished; cleaned up' } });
+  if (blueGreen && !cutOver) await abandonBlueGreen(deps, input);
+  if (operation.kind === 'change_plan' || operation.kind === 'restart' || (operation.kind === 'upgrade' && !blueGreen)) await revertChange(deps, input);
+  await failOperation(deps, {
+    ...input, ...(cutOver ? { cutover: cutOver } : {}),
+    error: { Error: 'ExecutionLost', Cause: 'the workflow stopped before the operation finished; cleaned up' },
+  });
   return true;
 }

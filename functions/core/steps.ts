@@ -3,6 +3,7 @@ import type { Context } from 'aws-lambda';
 import { z } from 'zod';
 import { logger } from './logger.ts';
 import { getStore } from './http.ts';
+import { checkRunWindow } from './maintenance-model.ts';
 import type { Store } from './store.ts';
 
 /**
@@ -74,15 +75,27 @@ const parsedInput: MiddlewareObj<StepInput, unknown> = {
   },
 };
 
+/** In an operation a maintenance runs, a disruptive step never starts after the window closed (the Catch rolls back). */
+const withinMaintenanceWindow = (name: string): MiddlewareObj<StepInput, unknown> => ({
+  before: async ({ event }) => {
+    const operation = await getStore().getDatabaseOperation(event.databaseId, event.operationId);
+    if (operation) checkRunWindow(operation, name);
+  },
+});
+
 export interface StepOptions {
   /** The step's name on the operation, as users see it; omit for bookkeeping steps that are not shown. */
   step?: string;
+  /** It restarts or moves a server: refused once the window of the maintenance running the operation has closed. */
+  disruptive?: boolean;
 }
 
 export function stepHandler<R>(options: StepOptions, fn: (input: StepInput, store: Store) => Promise<R>) {
   return middy<StepInput, R, Error, Context>({ timeoutEarlyInMillis: 0 })
     .use(parsedInput)
     .use(options.step ? [recordStep(options.step)] : [])
+    // After recordStep, so the operation shows the refused step as failed with the closed window.
+    .use(options.disruptive ? [withinMaintenanceWindow(options.step ?? 'a disruptive step')] : [])
     // After recordStep, so the operation shows the faulted step as failed with the injected message.
     .use(injectedFault)
     .handler((input) => fn(input, getStore()));

@@ -5,6 +5,8 @@ import {
 import type { HostInfo } from './agent-api.ts';
 import { config } from './config.ts';
 import { Conflict, OperationInProgress } from './errors.ts';
+import { newMaintenance } from './maintenance-model.ts';
+import { maintenanceItem } from './maintenance-store.ts';
 import {
   Account, AuditEvent, Backup, DataKey, Database, type DatabaseStatus, Operation, type OperationStatus, type OperationStep, TokenRecord,
 } from './model.ts';
@@ -19,6 +21,9 @@ import {
 const dbKey = (id: string) => ({ pk: `DB#${id}`, sk: 'META' });
 const nameKey = (accountId: string, name: string) => ({ pk: `NAME#${accountId}#${name}`, sk: 'META' });
 const opKey = (databaseId: string, id: string) => ({ pk: `DB#${databaseId}`, sk: `OP#${id}` });
+/** A tag's index item: the databases carrying a tag are one query on its partition. */
+const tagKey = (tag: string, databaseId: string) => ({ pk: `TAG#${tag}`, sk: `DB#${databaseId}` });
+const tagItem = (tag: string, databaseId: string) => ({ ...tagKey(tag, databaseId), databaseId });
 const backupKey = (databaseId: string, id: string) => ({ pk: `DB#${databaseId}`, sk: `BACKUP#${id}` });
 const dataKeyKey = (databaseId: string, version: number) => ({ pk: `DB#${databaseId}`, sk: `KEY#${version}` });
 /** The backup-hour index entry of a database (see table.ts, gsi3). */
@@ -93,6 +98,7 @@ export class Store {
           { Put: { TableName: this.table, Item: { ...dbKey(database.id), gsi1pk: `OWNER#${database.accountId}`, gsi1sk: `DB#${database.name}`, ...backupHourIndex(database), ...database }, ConditionExpression: 'attribute_not_exists(pk)' } },
           { Put: { TableName: this.table, Item: { ...nameKey(database.accountId, database.name), databaseId: database.id }, ConditionExpression: 'attribute_not_exists(pk)' } },
           { Put: { TableName: this.table, Item: this.operationItem(operation) } },
+          ...(database.tags ?? []).map((tag) => ({ Put: { TableName: this.table, Item: tagItem(tag, database.id) } })),
         ],
       }));
     } catch (error) {
@@ -178,7 +184,8 @@ export class Store {
       plan?: string;
       /** An upgrade that succeeded: the new version of record. */
       version?: string;
-      deleted?: { accountId: string; name: string };
+      /** Its name and tag index items go with it. */
+      deleted?: { accountId: string; name: string; tags?: string[] };
       /** With `deleted`: the backups and data key were destroyed, so the pruner has nothing left to visit. */
       purged?: boolean;
     },
@@ -224,6 +231,7 @@ export class Store {
           ExpressionAttributeValues: { ':id': operation.databaseId },
         },
       });
+      items.push(...(changes.deleted.tags ?? []).map((tag) => ({ Delete: { TableName: this.table, Key: tagKey(tag, operation.databaseId) } })));
     }
     items.push(...extraItems);
     try {
@@ -398,25 +406,110 @@ export class Store {
     return Database.parse(strip(Attributes!));
   }
 
-  /** Records a plan change for the next maintenance window (a newer request replaces an older one); the database must be running. */
-  /** Records a change queued for the maintenance window (a plan change or an upgrade) on a running database. */
+  /**
+   * Records a change queued for the maintenance window (a plan change or an upgrade) on a running database,
+   * with the maintenance item that runs it in the database's window. A newer request replaces an older one
+   * and keeps its item, which reads the change of record when it starts.
+   */
   async setPendingChange(databaseId: string, pending: Pick<Database, 'pendingPlanChange'> | Pick<Database, 'pendingUpgrade'>): Promise<Database> {
-    const [[name, value]] = Object.entries(pending) as [[string, { requestedAt: string }]];
+    const [[name, value]] = Object.entries(pending) as [['pendingPlanChange' | 'pendingUpgrade', { requestedAt: string }]];
+    const database = await this.getDatabase(databaseId);
+    const queued = database?.[name]?.maintenanceId;
+    const item = database && !queued
+      ? newMaintenance(database, { kind: name === 'pendingUpgrade' ? 'upgrade' : 'change_plan', source: 'customer', target: {}, status: 'queued' }, new Date(value.requestedAt))
+      : undefined;
     try {
-      const { Attributes } = await this.doc.send(new UpdateCommand({
+      await this.doc.send(new TransactWriteCommand({
+        TransactItems: [
+          {
+            Update: {
+              TableName: this.table,
+              Key: dbKey(databaseId),
+              UpdateExpression: 'SET #pending = :pending, updatedAt = :at, rev = rev + :one',
+              // The item read above is still the one queued: two requests at once create one item, not two.
+              ConditionExpression: `attribute_exists(pk) AND #status = :running AND ${queued ? '#pending.maintenanceId = :queued' : 'attribute_not_exists(#pending.maintenanceId)'}`,
+              ExpressionAttributeNames: { '#status': 'status', '#pending': name },
+              ExpressionAttributeValues: {
+                ':pending': { ...value, maintenanceId: queued ?? item?.id }, ':at': value.requestedAt, ':one': 1, ':running': 'running', ...(queued ? { ':queued': queued } : {}),
+              },
+            },
+          },
+          ...(item ? [{ Put: { TableName: this.table, Item: maintenanceItem(item), ConditionExpression: 'attribute_not_exists(pk)' } }] : []),
+        ],
+      }));
+    } catch (error) {
+      if (cancellationReasons(error)?.[0] !== 'ConditionalCheckFailed') throw error;
+      const status = (await this.getDatabase(databaseId))?.status;
+      if (status === 'running') throw new Conflict('another request changed the queued change meanwhile; retry');
+      throw new Conflict(`the database is ${status ?? 'gone'}; a queued change needs it running`);
+    }
+    return (await this.getDatabase(databaseId))!;
+  }
+
+  /** Forgets a queued change once the maintenance item that ran it (or gave up) has finished; only that item's. */
+  async clearPendingChange(databaseId: string, name: 'pendingPlanChange' | 'pendingUpgrade', maintenanceId: string): Promise<void> {
+    try {
+      await this.doc.send(new UpdateCommand({
         TableName: this.table,
         Key: dbKey(databaseId),
-        UpdateExpression: 'SET #pending = :pending, updatedAt = :at, rev = rev + :one',
-        ConditionExpression: 'attribute_exists(pk) AND #status = :running',
-        ExpressionAttributeNames: { '#status': 'status', '#pending': name },
-        ExpressionAttributeValues: { ':pending': value, ':at': value.requestedAt, ':one': 1, ':running': 'running' },
-        ReturnValues: 'ALL_NEW',
+        UpdateExpression: 'REMOVE #pending SET rev = rev + :one',
+        ConditionExpression: '#pending.maintenanceId = :id',
+        ExpressionAttributeNames: { '#pending': name },
+        ExpressionAttributeValues: { ':id': maintenanceId, ':one': 1 },
       }));
-      return Database.parse(strip(Attributes!));
     } catch (error) {
       if (!(error instanceof ConditionalCheckFailedException)) throw error;
-      throw new Conflict(`the database is ${(await this.getDatabase(databaseId))?.status ?? 'gone'}; a queued change needs it running`);
     }
+  }
+
+  /**
+   * Replaces a database's tags, with their index items (TAG#<tag> / DB#<id>: one small item per tag, written in the
+   * same transaction), so a tag's databases are one query away. Conditional on the record not having changed since
+   * it was read (409 otherwise).
+   */
+  async setTags(database: Pick<Database, 'id' | 'rev' | 'tags'>, tags: string[]): Promise<Database> {
+    const before = new Set(database.tags ?? []);
+    const after = new Set(tags);
+    try {
+      await this.doc.send(new TransactWriteCommand({
+        TransactItems: [
+          {
+            Update: {
+              TableName: this.table,
+              Key: dbKey(database.id),
+              UpdateExpression: 'SET tags = :tags, rev = rev + :one',
+              ConditionExpression: 'attribute_exists(pk) AND rev = :rev',
+              ExpressionAttributeValues: { ':tags': tags, ':one': 1, ':rev': database.rev },
+            },
+          },
+          ...tags.filter((t) => !before.has(t)).map((tag) => ({ Put: { TableName: this.table, Item: tagItem(tag, database.id) } })),
+          ...[...before].filter((t) => !after.has(t)).map((tag) => ({ Delete: { TableName: this.table, Key: tagKey(tag, database.id) } })),
+        ],
+      }));
+    } catch (error) {
+      if (cancellationReasons(error)?.[0] === 'ConditionalCheckFailed') throw new Conflict('the database changed meanwhile; read it again and retry');
+      throw error;
+    }
+    return (await this.getDatabase(database.id))!;
+  }
+
+  /** The ids of the databases carrying `tag` (their index items, removed with the tag or the database). */
+  async databaseIdsByTag(tag: string): Promise<string[]> {
+    const items = await this.queryAll({
+      KeyConditionExpression: 'pk = :tag',
+      ExpressionAttributeValues: { ':tag': tagKey(tag, '').pk },
+    });
+    return items.map((item) => String(item.databaseId));
+  }
+
+  async setMaintenanceWindow(databaseId: string, window: NonNullable<Database['maintenanceWindow']>): Promise<void> {
+    await this.doc.send(new UpdateCommand({
+      TableName: this.table,
+      Key: dbKey(databaseId),
+      UpdateExpression: 'SET maintenanceWindow = :window, rev = rev + :one',
+      ConditionExpression: 'attribute_exists(pk)',
+      ExpressionAttributeValues: { ':window': window, ':one': 1 },
+    }));
   }
 
   /** Removes a deleted database from the pruner's index once nothing of it is left. */

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { maxUpgradeCheckObjects, type UpgradeCheck } from './agent-api.ts';
+import { maxUpgradeCheckObjects, retiredKeepDays, type UpgradeCheck, type UpgradeMethod } from './agent-api.ts';
 import type { AgentClient } from './agent-client.ts';
 import { compareVersions, findPlan, majorOf, type OfferedVersion } from './catalog.ts';
 import { type Deps, findDatabase, hostVersions, startOnRunning } from './databases.ts';
@@ -11,7 +11,8 @@ import { expectedRestartSeconds, expectedSwitchoverSeconds } from './plans.ts';
  * Engine upgrades: the versions a database can go to, the pre-upgrade report, and the request behind the
  * upgrade API. A minor upgrade restarts the servers on the new minor's binaries (the data directory format
  * is the same within a major): on one node in place, on two nodes rolling (the replica, a switchover, then
- * the old primary). A major upgrade (blue/green through logical replication) is reported on, not run yet.
+ * the old primary). A major upgrade is blue/green through logical replication: a new server beside the old
+ * one, fed by a subscription until it has caught up, then a cutover behind the same gateway.
  */
 
 export interface UpgradeDeps extends Deps {
@@ -27,14 +28,21 @@ export type UpgradeBody = z.infer<typeof UpgradeBody>;
 
 export const UpgradeReportQuery = z.object({ version: UpgradeBody.shape.version }).strict();
 
-/** The input an upgrade operation carries. */
-export const UpgradeInput = z.object({ fromVersion: z.string(), toVersion: z.string() }).loose();
+export const UpgradeStrategy = z.enum(['restart', 'logical'])
+  .describe('restart: on the new binaries (rolling on 2 nodes); logical: a new server fed by logical replication (blue/green)');
+export type UpgradeStrategy = z.infer<typeof UpgradeStrategy>;
+
+/** The agent's checks that concern a strategy. */
+export const checkedMethod = (strategy: UpgradeStrategy): UpgradeMethod => (strategy === 'restart' ? 'minor' : 'logical');
+
+/** The input an upgrade operation carries (operations from before majors have no strategy: they were restarts). */
+export const UpgradeInput = z.object({ fromVersion: z.string(), toVersion: z.string(), strategy: UpgradeStrategy.default('restart') }).loose();
 export type UpgradeInput = z.infer<typeof UpgradeInput>;
 
 export const UpgradeTarget = z.object({
   version: z.string(),
   kind: z.enum(['minor', 'major']),
-  strategy: z.enum(['restart', 'logical']).describe('restart: on the new binaries (rolling on 2 nodes); logical: a new server fed by logical replication'),
+  strategy: UpgradeStrategy,
   endOfLife: z.string(),
   endOfLifeReached: z.boolean(),
   available: z.boolean().describe('whether dbplane can run this upgrade now; when not, `reason` says why'),
@@ -58,24 +66,32 @@ export const UpgradeReport = UpgradeTarget.extend({
 });
 export type UpgradeReport = z.infer<typeof UpgradeReport>;
 
-const majorNotBuilt = 'major upgrades (blue/green through logical replication) are not built yet; the report shows what they would check';
+/** How long new connections may wait at the gateway during a major upgrade's cutover (measured by `npm run bench:upgrade-major`; rounded up). */
+export const expectedCutoverSeconds = 1;
 
 /** Every offered version newer than the database's (never a downgrade), newest first. */
 export async function upgradeTargets(deps: Pick<Deps, 'store' | 'now'>, database: Database): Promise<UpgradeTarget[]> {
   const offered = await hostVersions(deps.store, (deps.now ?? (() => new Date()))());
-  return offered.filter((v) => compareVersions(v.version, database.version) > 0).map((v) => target(database, v));
+  const current = offered.find((v) => v.version === database.version);
+  return offered.filter((v) => compareVersions(v.version, database.version) > 0).map((v) => target(database, current, v));
 }
 
-function target(database: Database, version: OfferedVersion): UpgradeTarget {
+/**
+ * A later minor is a restart. A later major is a blue/green upgrade where the host can copy the schema of the
+ * database's version (`logicalDump`: a pg_dump at least as new as it); pg_upgrade is not offered.
+ */
+function target(database: Database, current: OfferedVersion | undefined, version: OfferedVersion): UpgradeTarget {
   const minor = version.major === majorOf(database.version);
+  const available = minor || current?.capabilities.logicalDump === true;
+  const reason = `the host has no pg_dump as new as PostgreSQL ${majorOf(database.version)}: a blue/green upgrade cannot copy the schema`;
   return {
     version: version.version,
     kind: minor ? 'minor' : 'major',
     strategy: minor ? 'restart' : 'logical',
     endOfLife: version.endOfLife,
     endOfLifeReached: version.endOfLifeReached,
-    available: minor,
-    ...(minor ? {} : { reason: majorNotBuilt }),
+    available,
+    ...(available ? {} : { reason }),
   };
 }
 
@@ -97,7 +113,7 @@ export async function listUpgrades(deps: Pick<Deps, 'store' | 'now'>, caller: Ca
 /** The checks the live server fails for this strategy: an upgrade with a blocking one is refused. */
 async function upgradeProblems(agent: AgentClient, database: Database, to: UpgradeTarget) {
   const { checks } = await agent.upgradeChecks(database.id, to.version);
-  const applying = checks.filter((c) => c.appliesTo.includes(to.kind === 'minor' ? 'minor' : 'logical'));
+  const applying = checks.filter((c) => c.appliesTo.includes(checkedMethod(to.strategy)));
   const view = (c: UpgradeCheck) => ({ check: c.id, detail: c.detail, count: c.count, objects: c.objects });
   return {
     blocking: applying.filter((c) => c.severity === 'blocking').map(view),
@@ -118,13 +134,26 @@ export async function upgradeReport(deps: Pick<UpgradeDeps, 'store' | 'agent' | 
     warnings,
     allowed: to.available && blocking.length === 0 && !database.activeOperation,
     steps: upgradeSteps(to, twoNodes),
-    // A restart or a switchover: new connections wait at the gateway meanwhile.
-    expectedUnavailabilitySeconds: twoNodes ? expectedSwitchoverSeconds : expectedRestartSeconds,
+    // A restart, a switchover or a cutover: new connections wait at the gateway meanwhile.
+    expectedUnavailabilitySeconds: to.kind === 'major' ? Math.max(expectedCutoverSeconds, expectedRestartSeconds) : twoNodes ? expectedSwitchoverSeconds : expectedRestartSeconds,
   };
 }
 
 export function upgradeSteps(to: Pick<UpgradeTarget, 'version' | 'kind'>, twoNodes: boolean): string[] {
-  if (to.kind === 'major') return [majorNotBuilt];
+  if (to.kind === 'major') {
+    return [
+      `check the live database again (tables without a primary key or replica identity, prepared transactions, extensions PostgreSQL ${to.version} lacks) and list every user table`,
+      'set wal_level = logical on the server if it has another (a restart: new connections wait at the gateway)',
+      `build a PostgreSQL ${to.version} server beside it, copy the roles and the schema, subscribe every database: the rows stream while clients keep working`,
+      'wait until every table is copied and the new server has caught up',
+      "cut over: hold new connections at the gateway, end the old server's sessions, apply what is left, copy the sequences, compare every table's row count on both "
+        + '(a difference sends clients back to the old server), then send clients to the new server; ANALYZE every database',
+      `keep the old server stopped, with its data, for ${retiredKeepDays} days`,
+      ...(twoNodes ? ['copy the replica afresh from the new primary and wait until it has caught up'] : []),
+      `verify: the server says ${to.version}, every user table is still there and reads in full`,
+      `record ${to.version} as the version (event dbplane.database.upgraded); a fresh base backup starts`,
+    ];
+  }
   return [
     'check the live database again (prepared transactions, invalid databases, extensions the new binaries lack) and list every user table',
     ...(twoNodes
@@ -158,6 +187,6 @@ export async function requestUpgrade(deps: UpgradeDeps, caller: Caller, idOrName
   if (body.when === 'maintenance_window') {
     return { database: await deps.store.setPendingChange(database.id, { pendingUpgrade: { version: to.version, requestedAt: at } }) };
   }
-  const input: UpgradeInput = { fromVersion: database.version, toVersion: to.version };
+  const input: UpgradeInput = { fromVersion: database.version, toVersion: to.version, strategy: to.strategy };
   return startOnRunning(deps, caller, database, { kind: 'upgrade', workflow: 'Upgrade', input, at });
 }

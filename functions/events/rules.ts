@@ -12,6 +12,12 @@ export const detailTypes = {
   planChanged: 'dbplane.database.plan-changed',
   /** An upgrade succeeded: the engine version of record changed (`from`, `to`, `at`). */
   upgraded: 'dbplane.database.upgraded',
+  /** The notice of an operator's maintenance, at least 24 h before its window (`accountId`, `databaseId`, `maintenanceId`, window, kind). */
+  maintenanceScheduled: 'dbplane.maintenance.scheduled',
+  /** A maintenance item changed status or window (`from`, `to`, `reason`, window). */
+  maintenanceStatusChanged: 'dbplane.maintenance.status-changed',
+  /** A rollout's wave failed above its threshold: this database's maintenance of a later wave is cancelled (`wave`, `failed`, `size`, `threshold`). */
+  maintenanceWaveHalted: 'dbplane.maintenance.wave-halted',
 } as const;
 
 export interface EventRule {
@@ -32,6 +38,12 @@ export const eventRules: readonly EventRule[] = [
     id: 'BackupAfterChange',
     pattern: { source: [eventSource], 'detail-type': [detailTypes.operationFinished] },
     entry: 'functions/events/backup-after-change.ts',
+    handler: 'handler',
+  },
+  {
+    id: 'WebhookDelivery',
+    pattern: { source: [eventSource], 'detail-type': Object.values(detailTypes) },
+    entry: 'functions/events/webhook-delivery.ts',
     handler: 'handler',
   },
 ];

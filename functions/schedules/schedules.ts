@@ -46,4 +46,18 @@ export const schedules: readonly Schedule[] = [
     handler: 'handler',
     description: "restores the newest backup of a sample of this hour's databases (each once a week) into a scratch server, checks it, records the time it took; a failure is an event",
   },
+  {
+    id: 'MaintenanceDispatcher',
+    expression: 'rate(5 minutes)',
+    entry: 'functions/schedules/maintenance-dispatcher.ts',
+    handler: 'handler',
+    description: 'starts the maintenance due in the windows open now (sparse index by window slot, no scan) if it fits in what is left; a busy database is tried on the next tick',
+  },
+  {
+    id: 'WebhookRetries',
+    expression: 'rate(1 minute)',
+    entry: 'functions/events/webhook-delivery.ts',
+    handler: 'retry',
+    description: 'attempts again the webhook deliveries that are due (sparse index by due time, no scan), with exponential backoff, up to 5 attempts',
+  },
 ];

@@ -2,4 +2,4 @@ import { applyToInstance } from '#core/operations.ts';
 import { stepHandler } from '#core/steps.ts';
 import { stepDeps } from './deps.ts';
 
-export const handler = stepHandler({ step: 'resize server' }, async (input) => applyToInstance(await stepDeps(), input));
+export const handler = stepHandler({ step: 'resize server', disruptive: true }, async (input) => applyToInstance(await stepDeps(), input));

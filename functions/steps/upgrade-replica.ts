@@ -2,4 +2,4 @@ import { applyToReplica } from '#core/operations.ts';
 import { stepHandler } from '#core/steps.ts';
 import { stepDeps } from './deps.ts';
 
-export const handler = stepHandler({ step: 'upgrade the replica' }, async (input) => applyToReplica(await stepDeps(), input));
+export const handler = stepHandler({ step: 'upgrade the replica', disruptive: true }, async (input) => applyToReplica(await stepDeps(), input));

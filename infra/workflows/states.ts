@@ -39,6 +39,21 @@ export const stateNames = {
   upgradeInstance: 'UpgradeInstance',
   verifyUpgrade: 'VerifyUpgrade',
   revertUpgrade: 'RevertUpgrade',
+  isMajorUpgrade: 'IsMajorUpgrade',
+  startBlueGreen: 'StartBlueGreen',
+  waitForBlueGreen: 'WaitForBlueGreen',
+  checkBlueGreen: 'CheckBlueGreen',
+  isBlueGreenReady: 'IsBlueGreenReady',
+  blueGreenNotReady: 'BlueGreenNotReady',
+  cutover: 'Cutover',
+  abandonBlueGreen: 'AbandonBlueGreen',
+  /** After the cutover the major path has states of its own (see Workflows.upgrade): it only goes forward. */
+  waitForNewReplica: 'WaitForNewReplica',
+  checkNewReplica: 'CheckNewReplica',
+  isNewReplicaCaughtUp: 'IsNewReplicaCaughtUp',
+  newReplicaNotCaughtUp: 'NewReplicaNotCaughtUp',
+  verifyMajorUpgrade: 'VerifyMajorUpgrade',
+  completeMajorUpgrade: 'CompleteMajorUpgrade',
   addReplica: 'AddReplica',
   waitForReplica: 'WaitForReplica',
   checkReplica: 'CheckReplica',
@@ -46,6 +61,15 @@ export const stateNames = {
   replicaNotCaughtUp: 'ReplicaNotCaughtUp',
   completeOperation: 'CompleteOperation',
   failOperation: 'FailOperation',
+  startMaintenanceOperation: 'StartMaintenanceOperation',
+  waitForMaintenanceOperation: 'WaitForMaintenanceOperation',
+  checkMaintenanceOperation: 'CheckMaintenanceOperation',
+  isMaintenanceOperationDone: 'IsMaintenanceOperationDone',
+  maintenanceOperationTimedOut: 'MaintenanceOperationTimedOut',
+  endMaintenance: 'EndMaintenance',
+  isMaintenanceFailed: 'IsMaintenanceFailed',
+  restartReplica: 'RestartReplica',
+  restartInstance: 'RestartInstance',
   succeeded: 'Succeeded',
   failed: 'Failed',
 } as const;
@@ -79,10 +103,19 @@ export const steps = {
   UpgradeInstance: 'functions/steps/upgrade-instance.ts',
   VerifyUpgrade: 'functions/steps/verify-upgrade.ts',
   RevertUpgrade: 'functions/steps/revert-upgrade.ts',
+  StartBlueGreen: 'functions/steps/start-blue-green.ts',
+  CheckBlueGreen: 'functions/steps/check-blue-green.ts',
+  Cutover: 'functions/steps/cutover.ts',
+  AbandonBlueGreen: 'functions/steps/abandon-blue-green.ts',
   AddReplica: 'functions/steps/add-replica.ts',
   CheckReplica: 'functions/steps/check-replica.ts',
   CompleteOperation: 'functions/steps/complete-operation.ts',
   FailOperation: 'functions/steps/fail-operation.ts',
+  StartMaintenanceOperation: 'functions/steps/start-maintenance-operation.ts',
+  CheckMaintenanceOperation: 'functions/steps/check-maintenance-operation.ts',
+  EndMaintenance: 'functions/steps/end-maintenance.ts',
+  RestartReplica: 'functions/steps/restart-replica.ts',
+  RestartInstance: 'functions/steps/restart-instance.ts',
 } as const satisfies Partial<Record<StateName, string>>;
 export type StepName = keyof typeof steps;
 /** Every step module exports its handler under this name. */
@@ -99,8 +132,17 @@ export const paths = {
   restoreProgress: '$.restoreProgress',
   /** CheckReplica's result, like `health`. */
   replicaProgress: '$.replicaProgress',
-  /** PrecheckUpgrade's row counts of every user table, which VerifyUpgrade compares. */
-  tablesBefore: '$.tablesBefore',
+  /** CheckMaintenanceOperation's result, like `health`: the operation a maintenance item started. */
+  operationProgress: '$.operationProgress',
+  /** EndMaintenance's result: the item's status and reason. */
+  maintenanceEnded: '$.ended',
+  /** PrecheckUpgrade's result: the strategy (which path the upgrade takes) and every user table's row count, which VerifyUpgrade reads. */
+  precheck: '$.precheck',
+  precheckStrategy: '$.precheck.strategy',
+  /** CheckBlueGreen's result, like `health`. */
+  blueGreenProgress: '$.blueGreenProgress',
+  /** What the cutover checked; once present, the database runs on the new major (see failOperation). */
+  cutover: '$.cutover',
   /** The caught error, `{ Error, Cause }`, which FailOperation reads. */
   error: '$.error',
   /** An error of the cleanup itself (RemoveInstance during Provision's cleanup), kept apart from `$.error`. */
@@ -125,8 +167,17 @@ export const polls = {
   backup: { intervalSeconds: 0, maxChecks: 360, timeoutError: { Error: 'BackupTimedOut', Cause: 'the backup did not finish within 2 hours' } },
   /** Until a restore has recovered and been verified: up to 2 hours, polled like `backup`. */
   restore: { intervalSeconds: 0, maxChecks: 360, timeoutError: { Error: 'RestoreTimedOut', Cause: 'the restore did not finish within 2 hours' } },
+  /** Until a blue/green upgrade's new server has copied every table and caught up: up to 100 minutes. */
+  blueGreen: { intervalSeconds: 5, maxChecks: 1200, timeoutError: { Error: 'BlueGreenNotReady', Cause: 'the new server did not catch up within 100 minutes' } },
   /** Until a new replica runs and has replayed all the primary's WAL: up to 30 minutes. */
   replica: { intervalSeconds: 2, maxChecks: 900, timeoutError: { Error: 'ReplicaNotCaughtUp', Cause: 'the replica did not catch up with the primary within 30 minutes' } },
+  /**
+   * Until the operation a maintenance item started has finished: up to 110 minutes, inside the execution's 2 hours
+   * (the operation bounds itself and rolls back on its own; the item then ends `failed`).
+   */
+  maintenanceOperation: {
+    intervalSeconds: 10, maxChecks: 660, timeoutError: { Error: 'MaintenanceOperationTimedOut', Cause: 'the operation did not finish within 110 minutes' },
+  },
 } as const satisfies Record<string, PollSpec>;
 
 /** Errors retried on every step: Lambda's transient failures and the agent being unreachable. */

@@ -3,7 +3,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import * as tasks from 'aws-cdk-lib/aws-stepfunctions-tasks';
 import { Construct } from 'constructs';
-import type { WorkflowName } from '../../functions/core/config.ts';
+import { envNames, type WorkflowName } from '../../functions/core/config.ts';
 import { DbplaneFunction, logicalIdOf, type SharedResources } from '../function.ts';
 import {
   paths,
@@ -46,6 +46,8 @@ export class Workflows extends Construct {
           shared: props.shared,
           agentAccess: true,
           keyAccess: name === 'CreateDataKey',
+          // It is granted the workflows it starts below; the steps those workflows invoke must not share that grant (a cycle).
+          ownRole: name === 'StartMaintenanceOperation',
           timeout: Duration.seconds(60),
           description: `workflow step ${name}`,
         }),
@@ -61,7 +63,14 @@ export class Workflows extends Construct {
       RestoreDrill: this.stateMachine('RestoreDrill', timeout, (scope) => this.restoreDrill(scope)),
       ChangePlan: this.stateMachine('ChangePlan', timeout, (scope) => this.changePlan(scope)),
       Upgrade: this.stateMachine('Upgrade', timeout, (scope) => this.upgrade(scope)),
+      Maintenance: this.stateMachine('Maintenance', timeout, (scope) => this.maintenance(scope)),
+      Restart: this.stateMachine('Restart', timeout, (scope) => this.restart(scope)),
     };
+    // A maintenance item starts the operation it runs as the API does: it needs those state machines.
+    for (const workflow of ['ChangePlan', 'Upgrade', 'Restart'] as const) {
+      this.steps.StartMaintenanceOperation.addEnvironment(envNames.stateMachineArn(workflow), this.stateMachines[workflow].stateMachineArn);
+      this.stateMachines[workflow].grantStartExecution(this.steps.StartMaintenanceOperation);
+    }
   }
 
   private stateMachine(name: WorkflowName, timeout: Duration, build: (scope: Construct) => sfn.IChainable): sfn.StateMachine {
@@ -93,10 +102,13 @@ export class Workflows extends Construct {
     return stateMachine;
   }
 
-  /** A LambdaInvoke of a shared step: raw payload in and out, transient errors retried. */
-  private task(scope: Construct, step: StepName, options: { resultPath?: string } = {}): tasks.LambdaInvoke {
-    const task = new tasks.LambdaInvoke(scope, step, {
-      stateName: step,
+  /**
+   * A LambdaInvoke of a shared step: raw payload in and out, transient errors retried. `stateName`: where one
+   * machine runs a step in two places. `retryAll`: any error is retried once more (a path that can only go forward).
+   */
+  private task(scope: Construct, step: StepName, options: { resultPath?: string; stateName?: string; retryAll?: boolean } = {}): tasks.LambdaInvoke {
+    const task = new tasks.LambdaInvoke(scope, options.stateName ?? step, {
+      stateName: options.stateName ?? step,
       lambdaFunction: this.steps[step],
       payloadResponseOnly: true,
       retryOnServiceExceptions: false,
@@ -110,6 +122,7 @@ export class Workflows extends Construct {
       maxDelay: Duration.seconds(30),
       jitterStrategy: sfn.JitterType.FULL,
     });
+    if (options.retryAll) task.addRetry({ errors: [sfn.Errors.ALL], maxAttempts: 2, interval: Duration.seconds(2), backoffRate: 2 });
     return task;
   }
 
@@ -126,20 +139,21 @@ export class Workflows extends Construct {
   /**
    * A bounded poll: Wait → Check → Choice, again until the check answers `ready` (→ `onReady`) or has
    * run `spec.maxChecks` times (the spec's timeout error at `$.error` → `onTimeout`). Failures of the
-   * check go to `onError`. Returns the Wait, where the poll starts.
+   * check go to `onError`. Returns the Wait, where the poll starts. `checkState` and `retryAll` as in `task`.
    */
   private poll(
     scope: Construct,
-    names: { wait: string; check: StepName; choice: string; timedOut: string },
+    names: { wait: string; check: StepName; checkState?: string; choice: string; timedOut: string },
     spec: PollSpec,
     resultPath: string,
     next: { onReady: sfn.IChainable; onTimeout: sfn.IChainable; onError: sfn.IChainable },
+    { retryAll = false } = {},
   ): sfn.Wait {
     const wait = new sfn.Wait(scope, names.wait, {
       stateName: names.wait,
       time: sfn.WaitTime.duration(Duration.seconds(spec.intervalSeconds)),
     });
-    const check = this.task(scope, names.check, { resultPath });
+    const check = this.task(scope, names.check, { resultPath, stateName: names.checkState, retryAll });
     check.addCatch(next.onError, { errors: [sfn.Errors.ALL], resultPath: paths.error });
     const timedOut = new sfn.Pass(scope, names.timedOut, {
       stateName: names.timedOut,
@@ -313,23 +327,106 @@ export class Workflows extends Construct {
   }
 
   /**
-   * A minor upgrade: BeginOperation → PrecheckUpgrade (blocking checks on the live server; row counts kept at
-   * `$.tablesBefore`) → UpgradeReplica and Switchover (only on 2 nodes: the replica restarts on the new
-   * binaries and becomes the primary) → UpgradeInstance (every server not yet on the target version
-   * restarts on it) → poll CheckInstance → poll CheckReplica → VerifyUpgrade (the version the server
-   * reports, the row counts) → CompleteOperation (the version of record changes only here). Any failure:
-   * RevertUpgrade (the previous version, waited for until healthy) → FailOperation (`rolled_back`) → Failed.
+   * BeginOperation → PrecheckUpgrade (blocking checks on the live server; the strategy and every user table's row
+   * count at `$.precheck`) → IsMajorUpgrade:
+   * - a minor upgrade: UpgradeReplica and Switchover (only on 2 nodes: the replica restarts on the new binaries and
+   *   becomes the primary) → UpgradeInstance (every server not yet on the target version restarts on it) → poll
+   *   CheckInstance → poll CheckReplica → VerifyUpgrade (the version the server reports, the tables) →
+   *   CompleteOperation (the version of record changes only here). Any failure: RevertUpgrade (the previous version,
+   *   waited for until healthy) → FailOperation (`rolled_back`) → Failed.
+   * - a major upgrade (blue/green): StartBlueGreen (a new server beside the old one, subscribed) → poll CheckBlueGreen
+   *   until it has caught up → Cutover (clients held; row counts compared on both servers: a difference keeps them on
+   *   the old one). A failure up to here: AbandonBlueGreen (the new server goes; the database never left the old one)
+   *   → FailOperation (`rolled_back`). After the cutover the database runs on the new major and the path only goes
+   *   forward, each step retried once more on any error: poll CheckNewReplica (2 nodes: the replica copied afresh) →
+   *   VerifyMajorUpgrade → CompleteMajorUpgrade. A failure there ends the operation `failed` on the new version
+   *   (the old server's folder is kept: see the agent's retiredKeepDays).
    */
   private upgrade(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
     const rollback = this.cleanupThen(scope, 'RevertUpgrade', failure);
-    const catchAll = <T extends tasks.LambdaInvoke>(task: T) => task.addCatch(rollback, { errors: [sfn.Errors.ALL], resultPath: paths.error }) as T;
+    const abandon = this.cleanupThen(scope, 'AbandonBlueGreen', failure);
+    const catchInto = <T extends tasks.LambdaInvoke>(task: T, handler: sfn.IChainable) => task.addCatch(handler, { errors: [sfn.Errors.ALL], resultPath: paths.error }) as T;
 
     const [begin, upgradeReplica, switchover, upgrade, verify, complete] = this.sequence(
       scope, ['BeginOperation', 'UpgradeReplica', 'Switchover', 'UpgradeInstance', 'VerifyUpgrade', 'CompleteOperation'], rollback,
     );
-    const precheck = catchAll(this.task(scope, 'PrecheckUpgrade', { resultPath: paths.tablesBefore }));
+    const precheck = catchInto(this.task(scope, 'PrecheckUpgrade', { resultPath: paths.precheck }), rollback);
+    const succeeded = this.succeed(scope);
+    const waitForReplica = this.waitFor(scope, 'replica', verify.next(complete).next(succeeded), rollback);
+    const minor = upgradeReplica.next(switchover).next(upgrade).next(this.waitFor(scope, 'health', waitForReplica, rollback));
+
+    const startBlueGreen = catchInto(this.task(scope, 'StartBlueGreen'), abandon);
+    const cutover = catchInto(this.task(scope, 'Cutover', { resultPath: paths.cutover }), abandon);
+    const forward = { retryAll: true };
+    const verifyMajor = catchInto(this.task(scope, 'VerifyUpgrade', { stateName: stateNames.verifyMajorUpgrade, ...forward }), failure);
+    const completeMajor = catchInto(this.task(scope, 'CompleteOperation', { stateName: stateNames.completeMajorUpgrade, ...forward }), failure);
+    const waitForNewReplica = this.poll(
+      scope,
+      { wait: stateNames.waitForNewReplica, check: 'CheckReplica', checkState: stateNames.checkNewReplica, choice: stateNames.isNewReplicaCaughtUp, timedOut: stateNames.newReplicaNotCaughtUp },
+      polls.replica,
+      paths.replicaProgress,
+      { onReady: verifyMajor.next(completeMajor).next(succeeded), onTimeout: failure, onError: failure },
+      forward,
+    );
+    const waitForBlueGreen = this.poll(
+      scope,
+      { wait: stateNames.waitForBlueGreen, check: 'CheckBlueGreen', choice: stateNames.isBlueGreenReady, timedOut: stateNames.blueGreenNotReady },
+      polls.blueGreen,
+      paths.blueGreenProgress,
+      { onReady: cutover.next(waitForNewReplica), onTimeout: abandon, onError: abandon },
+    );
+    const major = startBlueGreen.next(waitForBlueGreen);
+
+    return begin.next(precheck).next(new sfn.Choice(scope, stateNames.isMajorUpgrade, { stateName: stateNames.isMajorUpgrade })
+      .when(sfn.Condition.stringEquals(paths.precheckStrategy, 'logical'), major)
+      .otherwise(minor));
+  }
+  /**
+   * A maintenance item (input `{ maintenanceId, databaseId }`): StartMaintenanceOperation (first the window again at
+   * the dispatcher's clock: open, not frozen, long enough for the kind's p95; then the change_plan or upgrade
+   * operation, started as the API starts it) → poll CheckMaintenanceOperation until the operation finished →
+   * EndMaintenance: `done`, or `failed` with the operation's reason (the operation rolled itself back), or back to
+   * `queued` when the window no longer allowed the start or another operation held the database. Every error goes
+   * to EndMaintenance at `$.error`; a `failed` item fails the execution.
+   */
+  private maintenance(scope: Construct): sfn.IChainable {
+    const end = this.task(scope, 'EndMaintenance', { resultPath: paths.maintenanceEnded });
+    end.next(new sfn.Choice(scope, stateNames.isMaintenanceFailed, { stateName: stateNames.isMaintenanceFailed })
+      .when(sfn.Condition.stringEquals(`${paths.maintenanceEnded}.status`, 'failed'), new sfn.Fail(scope, stateNames.failed, {
+        stateName: stateNames.failed, error: 'MaintenanceFailed', causePath: `${paths.maintenanceEnded}.reason`,
+      }))
+      .otherwise(this.succeed(scope)));
+    const start = this.task(scope, 'StartMaintenanceOperation').addCatch(end, { errors: [sfn.Errors.ALL], resultPath: paths.error });
+    const waitForOperation = this.poll(
+      scope,
+      {
+        wait: stateNames.waitForMaintenanceOperation,
+        check: 'CheckMaintenanceOperation',
+        choice: stateNames.isMaintenanceOperationDone,
+        timedOut: stateNames.maintenanceOperationTimedOut,
+      },
+      polls.maintenanceOperation,
+      paths.operationProgress,
+      { onReady: end, onTimeout: end, onError: end },
+    );
+    return start.next(waitForOperation);
+  }
+
+  /**
+   * A restart to apply settings (run by maintenance; input `{fromPlan, toPlan}`, both the database's plan): BeginOperation
+   * → RestartReplica and Switchover (only on 2 nodes: the replica restarts on the plan's settings and becomes the
+   * primary) → RestartInstance (every server not on them restarts, new connections held; same endpoint) → poll
+   * CheckInstance → poll CheckReplica → VerifyPlan (the server reads back every setting) → CompleteOperation. The
+   * steps are the plan change's. Any failure: RevertPlan (the plan's settings, waited for until healthy) → FailOperation
+   * (`rolled_back`) → Failed.
+   */
+  private restart(scope: Construct): sfn.IChainable {
+    const rollback = this.cleanupThen(scope, 'RevertPlan', this.failure(scope));
+    const [begin, restartReplica, switchover, restartInstance, verify, complete] = this.sequence(
+      scope, ['BeginOperation', 'RestartReplica', 'Switchover', 'RestartInstance', 'VerifyPlan', 'CompleteOperation'], rollback,
+    );
     const waitForReplica = this.waitFor(scope, 'replica', verify.next(complete).next(this.succeed(scope)), rollback);
-    return begin.next(precheck).next(upgradeReplica).next(switchover).next(upgrade).next(this.waitFor(scope, 'health', waitForReplica, rollback));
+    return begin.next(restartReplica).next(switchover).next(restartInstance).next(this.waitFor(scope, 'health', waitForReplica, rollback));
   }
 }

@@ -1,5 +1,9 @@
 import pg from 'pg';
 import { expect } from 'vitest';
+import { newDatabase } from '../../functions/core/databases.ts';
+import type { MaintenanceWindow } from '../../functions/core/maintenance-window.ts';
+import type { Database } from '../../functions/core/model.ts';
+import type { Store } from '../../functions/core/store.ts';
 import type { ApiClient } from './api.ts';
 
 /** Connects to a database's URL (as the API shows it, without password) with its password. */
@@ -34,6 +38,15 @@ export async function userTablesChecksum(client: pg.Client): Promise<Record<stri
     checksums[name] = `${row.rows} rows, md5 ${row.md5}`;
   }
   return checksums;
+}
+
+/** A running database record with no server behind it, written straight to the table: enough where only records are under test. */
+export async function runningRecord(store: Store, accountId: string, name: string, window: MaintenanceWindow): Promise<Database> {
+  const at = new Date().toISOString();
+  const { database, operation } = newDatabase({ accountId, scopes: ['databases'] }, { name, engine: 'postgresql', plan: 'starter-512' }, '16.13', at, 'provision', {});
+  await store.createDatabase({ ...database, maintenanceWindow: window }, operation);
+  await store.finishOperation(operation, { status: 'succeeded', at }, { status: 'running' });
+  return (await store.getDatabase(database.id))!;
 }
 
 /** Creates a database and waits until it runs. */
