@@ -21,6 +21,13 @@ export interface GatewayOptions {
 
 export interface Gateway {
   readonly port: number;
+  /**
+   * Resolves once every connection already sent to a server has had its first answer from it (or closed),
+   * at most after `timeoutMs`. PostgreSQL decides at accept whether it takes a connection; one still in its
+   * listen backlog when a shutdown starts is refused ("the database system is shutting down"). So a
+   * planned stop first holds new connections, then waits for this.
+   */
+  settled(timeoutMs?: number): Promise<void>;
   /** Stops listening and destroys every live connection (and those still waiting). */
   close(): Promise<void>;
 }
@@ -35,6 +42,8 @@ const retryEveryMs = 20;
  */
 export async function createGateway({ port, target, waitMs = 15_000 }: GatewayOptions): Promise<Gateway> {
   const live = new Set<Socket>();
+  /** Upstreams whose server has not answered yet: their connection may still wait in its listen backlog. */
+  const unanswered = new Set<Socket>();
   let closed = false;
 
   const track = (socket: Socket) => {
@@ -67,10 +76,20 @@ export async function createGateway({ port, target, waitMs = 15_000 }: GatewayOp
     while (!closed && !client.destroyed) {
       const current = target();
       const upstream = current && await attempt(current, deadline - Date.now());
-      if (upstream) {
-        if (!closed && !client.destroyed) return upstream;
+      // The target may have changed while this connected (held for a stop, switched over): try again.
+      if (upstream && !sameTarget(target(), current)) {
         upstream.destroy();
-        return undefined;
+        continue;
+      }
+      if (upstream) {
+        if (closed || client.destroyed) {
+          upstream.destroy();
+          return undefined;
+        }
+        unanswered.add(upstream);
+        const answered = () => unanswered.delete(upstream);
+        upstream.once('data', answered).once('close', answered);
+        return upstream;
       }
       // The whole wait is used: a target back just before the deadline still gets this connection.
       const left = deadline - Date.now();
@@ -91,6 +110,9 @@ export async function createGateway({ port, target, waitMs = 15_000 }: GatewayOp
 
   return {
     port,
+    async settled(timeoutMs = 1_000) {
+      for (const deadline = Date.now() + timeoutMs; unanswered.size > 0 && Date.now() < deadline;) await sleep(5);
+    },
     async close() {
       closed = true;
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
@@ -98,6 +120,10 @@ export async function createGateway({ port, target, waitMs = 15_000 }: GatewayOp
       await stopped;
     },
   };
+}
+
+function sameTarget(a: GatewayTarget | undefined, b: GatewayTarget): boolean {
+  return a?.host === b.host && a.port === b.port;
 }
 
 /** One connection attempt; undefined when refused or not connected within `timeoutMs`. */

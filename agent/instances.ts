@@ -270,6 +270,12 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     });
   }
 
+  /** New connections wait at the gateway from now on; those already sent on have been taken by the server (see Gateway.settled). */
+  async function hold(managed: Managed): Promise<void> {
+    managed.holding = true;
+    await managed.gateway?.settled();
+  }
+
   /** Stops managing an instance: no new connections, then the server stops. */
   async function release(managed: Managed): Promise<void> {
     instances.delete(managed.stored.id);
@@ -391,8 +397,8 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     for (const deadline = Date.now() + archiveCatchUpMs; Date.now() < deadline && (await archiveBacklog(managed)) > 0;) await sleep(200);
     await checkpoint(managed);
     const heldSince = Date.now();
-    managed.holding = true;
     try {
+      await hold(managed);
       await managed.supervisor.stop({ smartMs: sessionGraceMs });
     } finally {
       managed.holding = false;
@@ -663,8 +669,8 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       await checkpoint(managed);
       const heldSince = Date.now();
       let stoppedMs = 0;
-      managed.holding = true;
       try {
+        await hold(managed);
         // A clean shutdown sends every WAL record to the streaming replica before the server exits, so
         // the promotion below replays every acknowledged commit.
         await managed.supervisor.stop({ smartMs: sessionGraceMs });
@@ -757,10 +763,10 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       const phasesMs: Record<string, number> = {};
       let lapAt = heldSince;
       const lap = (phase: string) => { phasesMs[phase] = Date.now() - lapAt; lapAt = Date.now(); };
-      managed.holding = true;
       let upgraded: StoredInstance;
       let unfence = async () => {};
       try {
+        await hold(managed);
         await endSourceSessions(blue, { graceMs: sessionGraceMs });
         unfence = await fenceSource(blue);
         // Any that logged in meanwhile cannot commit any more: it may finish what it did before, and leave.

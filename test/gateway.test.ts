@@ -91,7 +91,38 @@ describe('gateway (TCP proxy)', () => {
     const reply = await ask(client, 'waited');
 
     expect(reply).toBe('a:waited');
-    expect(asked).toBe(3);
+    // Twice while there was none, then once to connect and once to check it is still the target.
+    expect(asked).toBe(4);
+    client.destroy();
+  });
+
+  it('sends a connection on only if the target it reached is still the target: one held while it connected waits', async () => {
+    const [a, b] = [await echo('a'), await echo('b')];
+    let target: GatewayTarget | undefined = a.target;
+    let asked = 0;
+    // The first answer is `a`; a hold starts at once (as a stop would), then the target becomes `b`.
+    const gateway = await gatewayTo(() => (++asked === 1 ? a.target : target));
+    target = undefined;
+    const client = await open(gateway.port);
+    setTimeout(() => { target = b.target; }, 100);
+
+    expect(await ask(client, 'moved')).toBe('b:moved');
+    client.destroy();
+  });
+
+  it('tells when every connection it sent on has been answered by its server', async () => {
+    const a = await echo('a');
+    const gateway = await gatewayTo(() => a.target);
+    const client = await open(gateway.port);
+    await eventually(async () => {
+      // Connected upstream, not yet answered: the echo answers only once the client speaks.
+      const settled = await Promise.race([gateway.settled(5_000).then(() => true), new Promise((r) => setTimeout(() => r(false), 100))]);
+      return settled ? undefined : true;
+    }, 5_000);
+
+    const settled = gateway.settled(5_000);
+    expect(await ask(client, 'hi')).toBe('a:hi');
+    await settled;
     client.destroy();
   });
 
