@@ -211,8 +211,10 @@ async function dumpSql(binary: string, args: string[], source: AdminEndpoint, da
  * On the target, in every database copySchema made: the subscription to the source's publication, with
  * its own slot (slot names are per cluster, subscription names per database), copying the existing rows
  * first. A slot left on the source by a CREATE SUBSCRIPTION that failed after making it is dropped first.
+ * Without `copyData` the target already has the rows (the cutover's reverse subscriptions, made while clients
+ * are held): its slot starts at the source's current position.
  */
-export async function subscribe(source: AdminEndpoint, target: AdminEndpoint): Promise<void> {
+export async function subscribe(source: AdminEndpoint, target: AdminEndpoint, { copyData = true } = {}): Promise<void> {
   const databases = await withClient(source, 'postgres', userDatabases);
   for (const { name, oid } of databases) {
     const slot = slotName(oid);
@@ -231,7 +233,7 @@ export async function subscribe(source: AdminEndpoint, target: AdminEndpoint): P
       // synchronous_commit on: with the default (off) the target confirms a commit only once its WAL writer has flushed it,
       // which made drain wait ~300 ms instead of ~20 ms here; the apply worker's commits cost a flush each instead.
       await client.query(`CREATE SUBSCRIPTION ${upgradeName} CONNECTION ${client.escapeLiteral(conninfo)} PUBLICATION ${upgradeName}
-        WITH (copy_data = true, synchronous_commit = 'on', slot_name = ${client.escapeLiteral(slot)})`);
+        WITH (copy_data = ${copyData}, synchronous_commit = 'on', slot_name = ${client.escapeLiteral(slot)})`);
     });
   }
 }

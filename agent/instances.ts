@@ -45,6 +45,12 @@ const SavedInstance = z.object({
   /** A major upgrade's new server (blue/green), built in `folder` on `port` until its cutover (then `cutover` says what it checked). */
   blueGreen: z.object({
     id: BlueGreenId, fromVersion: z.string(), version: EnsureInstance.shape.version, port: z.number().int(), folder: z.string(), cutover: Cutover.optional(),
+    /**
+     * From the cutover until the upgrade is finished or rolled back: the old server's place (see blueView), where it
+     * runs on as a logical subscriber of the new one, so that a rollback takes back every write made meanwhile.
+     */
+    blue: z.object({ port: z.number().int(), folder: z.string().optional(), swapped: z.boolean().optional() }).optional(),
+    rolledBackAt: z.string().optional(),
   }).optional(),
   /** Server folders of earlier majors (paths inside the instance's folder), stopped and kept until `removeAfter` for a rollback. */
   retired: z.array(z.object({ version: z.string(), paths: z.array(z.string()), removeAfter: z.string() })).optional(),
@@ -71,6 +77,8 @@ interface Managed {
   replica?: Supervisor;
   /** A major upgrade's new server until its cutover (stored.blueGreen). */
   green?: Supervisor;
+  /** A major upgrade's old server from its cutover until it is finished or rolled back (stored.blueGreen.blue). */
+  blue?: Supervisor;
   /** Its replication errors since this agent started watching them, and when their count last grew (see blueGreenView). */
   greenErrors?: { baseline: number; count: number; grewAt: number };
   /** The version and settings each folder's server was last started with; undefined until it starts (or while it is restarting). */
@@ -115,6 +123,17 @@ export interface InstanceManager extends InstanceAccess {
   cutover(id: string, blueGreenId: string): Promise<BlueGreen>;
   /** Before the cutover: the new server and its folder go, the old server's slots and publications too; absent is fine. */
   abandonBlueGreen(id: string, blueGreenId: string): Promise<void>;
+  /**
+   * After the cutover, once the upgrade is verified: the old server stops following the new one (the reverse
+   * subscriptions, their slots and the publications go) and stops, its folder kept for the rollback period. Idempotent.
+   */
+  finishBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen>;
+  /**
+   * After the cutover, before it is finished: new connections are held, the new server's sessions end and its tables
+   * are fenced, the old server applies what is left, takes the sequences and must have every row; it becomes the
+   * primary again (saved before clients are released) and the new server goes with its folder. Idempotent.
+   */
+  rollBackBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen>;
   /** Prepares the data folder and brings back every instance found in it. */
   resumeAll(): Promise<void>;
   stopAll(): Promise<void>;
@@ -155,7 +174,7 @@ const replicationQuietMs = 15_000;
  * but nothing archived: its WAL belongs to no backup (the post-upgrade base backup is taken after the cutover),
  * and its file names would be the old server's (see advanceWalPast). WAL files it switches past are not zero-filled.
  */
-const greenBuildSettings = ['archive_mode = on', "archive_command = 'true'", 'wal_init_zero = off'];
+const greenBuildSettings = ['archive_mode = on', "archive_command = 'true'", 'wal_init_zero = off', 'wal_level = logical'];
 const reservedDatabases = new Set(['postgres', 'template0', 'template1']);
 
 export function createInstanceManager({ dataDir, installs, runAs, faults, serverSettings }: InstanceManagerOptions): InstanceManager {
@@ -184,6 +203,14 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     const { replica: _replica, swapped: _swapped, blueGreen, ...rest } = stored;
     return { ...rest, folder: blueGreen!.folder, port: blueGreen!.port, spec: { ...stored.spec, version: blueGreen!.version } };
   };
+  /** The instance as its old server sees it from a major upgrade's cutover until the upgrade is finished or rolled back. */
+  const blueView = (stored: StoredInstance): StoredInstance => {
+    const { replica: _replica, swapped: _swapped, folder: _folder, blueGreen, ...rest } = stored;
+    const { port, folder, swapped } = blueGreen!.blue!;
+    return { ...rest, port, ...(folder ? { folder } : {}), ...(swapped ? { swapped } : {}), spec: { ...stored.spec, version: blueGreen!.fromVersion } };
+  };
+  /** The folders of an instance's servers, relative to its own folder: what a major upgrade retires. */
+  const serverFolders = (stored: StoredInstance) => (stored.folder ? [stored.folder] : ['data', 'log', 'replica']);
 
   /** Calls for one instance run one after the other; calls for different instances do not wait for each other. */
   function serialized<T>(id: string, task: () => Promise<T>): Promise<T> {
@@ -281,6 +308,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     instances.delete(managed.stored.id);
     await managed.gateway?.close();
     await managed.replica?.stop();
+    await managed.blue?.stop();
     await managed.supervisor.stop();
   }
 
@@ -288,6 +316,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   const ownedPorts = (stored: SavedInstance) => [
     stored.port, ...(stored.gatewayPort === undefined ? [] : [stored.gatewayPort]), ...(stored.replica ? [stored.replica.port] : []),
     ...(stored.blueGreen && !stored.blueGreen.cutover ? [stored.blueGreen.port] : []),
+    ...(stored.blueGreen?.blue ? [stored.blueGreen.blue.port] : []),
   ];
   const takenPorts = (extra: number[] = []) => new Set([...[...instances.values()].flatMap((m) => ownedPorts(m.stored)), ...extra]);
 
@@ -571,10 +600,19 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     return managed.green;
   }
 
+  /** The old server runs beside the new primary, following it, from the cutover until the upgrade is finished or rolled back. */
+  function startBlue(managed: Managed): Supervisor {
+    const { port } = managed.stored.blueGreen!.blue!;
+    // Once rolled back it is the instance's own primary again: its next start reads the instance's state.
+    managed.blue ??= superviseNode(managed, primarySlot(blueView(managed.stored)), () => (managed.stored.port === port ? managed.stored : blueView(managed.stored)));
+    managed.blue.start();
+    return managed.blue;
+  }
+
   /** What a blue/green upgrade has come to: its progress read on both servers before the cutover, what the cutover checked after. */
   async function blueGreenView(managed: Managed): Promise<BlueGreen> {
-    const { cutover, folder: _folder, ...green } = managed.stored.blueGreen!;
-    if (cutover) return { ...green, status: 'cut_over', databases: [], cutover };
+    const { cutover, folder: _folder, blue: _blue, rolledBackAt, ...green } = managed.stored.blueGreen!;
+    if (cutover) return { ...green, status: rolledBackAt ? 'rolled_back' : 'cut_over', databases: [], cutover };
     const state = managed.green?.state() ?? { status: 'stopped' };
     if (state.status === 'failed') return { ...green, status: 'failed', reason: `the new server failed: ${state.reason ?? 'no reason given'}`, databases: [] };
     if (state.status !== 'running' || managed.supervisor.state().status !== 'running') return { ...green, status: 'building', databases: [] };
@@ -602,22 +640,73 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     log('info', 'removed the server folders of an earlier major', { instance: managed.stored.id, versions: expired.map((r) => r.version) });
   }
 
-  /** Every user table's row count on both servers, read at once; what differs. */
-  async function compareTables(managed: Managed): Promise<{ tables: TableStats; differences: string[] }> {
-    const [blue, green] = await Promise.all([rowCounts(endpoint(managed.stored)), rowCounts(endpoint(greenView(managed.stored)))]);
+  /** Every user table's row count on both servers, read at once; what differs. `from` is the server clients leave. */
+  async function compareTables(from: AdminEndpoint, to: AdminEndpoint): Promise<{ tables: TableStats; differences: string[] }> {
+    const [left, joined] = await Promise.all([rowCounts(from), rowCounts(to)]);
     const key = (t: TableStats['tables'][number]) => `${t.database}: ${t.schema}.${t.name}`;
-    const onGreen = new Map(green.tables.map((t) => [key(t), t.rows]));
-    const differences = blue.tables.filter((t) => onGreen.get(key(t)) !== t.rows)
-      .map((t) => `${key(t)} has ${t.rows} rows on the old server, ${onGreen.get(key(t)) ?? 'no table'} on the new one`);
-    const extra = green.tables.filter((t) => !blue.tables.some((b) => key(b) === key(t))).map((t) => `${key(t)} is only on the new server`);
-    return { tables: blue, differences: [...differences, ...extra] };
+    const onJoined = new Map(joined.tables.map((t) => [key(t), t.rows]));
+    const differences = left.tables.filter((t) => onJoined.get(key(t)) !== t.rows)
+      .map((t) => `${key(t)} has ${t.rows} rows on the server clients leave, ${onJoined.get(key(t)) ?? 'no table'} on the one they go to`);
+    const extra = joined.tables.filter((t) => !left.tables.some((b) => key(b) === key(t))).map((t) => `${key(t)} is only on the server clients go to`);
+    return { tables: left, differences: [...differences, ...extra] };
+  }
+
+  /**
+   * Clients move between a major upgrade's two servers, new connections held: the server they leave (`from`) ends its
+   * sessions and has its tables fenced, `to` applies all it wrote and takes its sequences, every table's row count is
+   * compared (a difference, or one in `differences`, is a 409 naming `refusal`), then `complete` finishes the move
+   * and saves the state it returns. Any failure releases clients back to `from`, which kept running. Else clients are
+   * still held when this returns, and the fence holds until the caller calls `unfence` (once `from` stops).
+   */
+  async function moveHeld(managed: Managed, from: AdminEndpoint, to: AdminEndpoint, { what, refusal, differences: added = [], complete }: {
+    what: string; refusal: string; differences?: string[];
+    complete: (checked: { tables: TableStats; sequences: number; heldSince: number; lap: (phase: string) => void }) => Promise<StoredInstance>;
+  }): Promise<{ stored: StoredInstance; unfence: () => Promise<void>; heldSince: number; phasesMs: Record<string, number> }> {
+    const heldSince = Date.now();
+    // Where the time clients wait goes, for the log.
+    const phasesMs: Record<string, number> = {};
+    let lapAt = heldSince;
+    const lap = (phase: string) => { phasesMs[phase] = Date.now() - lapAt; lapAt = Date.now(); };
+    let unfence = async () => {};
+    try {
+      await hold(managed);
+      await endSourceSessions(from, { graceMs: sessionGraceMs });
+      unfence = await fenceSource(from);
+      // Any that logged in meanwhile cannot commit any more: it may finish what it did before, and leave.
+      await endSourceSessions(from, { graceMs: sessionGraceMs });
+      lap('sessions');
+      await drain(from, to, cutoverDrainMs);
+      lap('drain');
+      const sequences = await syncSequences(from, to);
+      lap('sequences');
+      const { tables, differences } = await compareTables(from, to);
+      lap('compare');
+      differences.push(...added);
+      if (differences.length > 0) throw new Conflict(`${refusal}: ${differences.join('; ')}`);
+      const stored = await complete({ tables, sequences, heldSince, lap });
+      // Saved before any client reaches the other server: an agent that dies from now on comes back with it as the primary.
+      await saveState(stored);
+      lap('save');
+      return { stored, unfence, heldSince, phasesMs };
+    } catch (error) {
+      await unfence();
+      managed.holding = false;
+      log('warn', `blue/green: ${what} abandoned; clients stay where they were`, { instance: managed.stored.id, heldMs: Date.now() - heldSince, error: errorMessage(error) });
+      throw error;
+    }
+  }
+
+  /** The primary a major upgrade moves clients to archives into the database's archive from now on (archive_mode was on). */
+  async function archiveFrom(server: AdminEndpoint, paths: ServerPaths, stored: StoredInstance): Promise<void> {
+    await writeServerConfig(paths, server.port, stored.spec.settings, runAs, await serverSettings?.(stored.id, stored.spec.dataKey) ?? []);
+    await withClient(server, 'postgres', (client) => client.query('SELECT pg_reload_conf()'));
   }
 
   /** Waits until a (re)started server is running, or has failed. */
-  async function settled(managed: Managed, timeoutMs = 120_000): Promise<{ status: string; reason?: string }> {
+  async function settled(managed: Managed, timeoutMs = 120_000, supervisor = managed.supervisor): Promise<{ status: string; reason?: string }> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const state = managed.supervisor.state();
+      const state = supervisor.state();
       if (state.status === 'running' || state.status === 'failed') return state;
       if (Date.now() > deadline) return { status: 'failed', reason: `not ready within ${timeoutMs / 1000} s` };
       await sleep(100);
@@ -698,7 +787,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       if (!managed) throw new NotFound(`no instance ${id} on this host`);
       const existing = managed.stored.blueGreen;
       if (existing?.id === blueGreenId && existing.cutover) return blueGreenView(managed);
-      if (existing && !existing.cutover && existing.id !== blueGreenId) throw new Conflict(`instance ${id} is already being upgraded (${existing.id})`);
+      if (existing && (!existing.cutover || existing.blue) && existing.id !== blueGreenId) throw new Conflict(`instance ${id} is already being upgraded (${existing.id})`);
       if (!existing || existing.cutover) {
         const current = managed.stored.spec.version;
         if (!installs.some((i) => i.version === version)) throw new Unprocessable(`PostgreSQL ${version} is not installed on this host`);
@@ -754,59 +843,39 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       await Promise.all([vacuum(blue), vacuum(target, { analyze: true })]);
       // Less for the shutdown below to write.
       await checkpoint(managed);
+      // The reverse subscriptions' publications: nothing reads them until the cutover makes its slots.
+      await prepareSource(target);
       // Clients are held only for what is left to apply once the subscriptions have caught up with the writes so far.
       await drain(blue, target, cutoverDrainMs).catch((error: unknown) => {
         throw new Conflict(`the new server of ${id} does not catch up with the old one: ${errorMessage(error)}`);
       });
-      const heldSince = Date.now();
-      // Where the time clients wait goes, for the log.
-      const phasesMs: Record<string, number> = {};
-      let lapAt = heldSince;
-      const lap = (phase: string) => { phasesMs[phase] = Date.now() - lapAt; lapAt = Date.now(); };
-      let upgraded: StoredInstance;
-      let unfence = async () => {};
-      try {
-        await hold(managed);
-        await endSourceSessions(blue, { graceMs: sessionGraceMs });
-        unfence = await fenceSource(blue);
-        // Any that logged in meanwhile cannot commit any more: it may finish what it did before, and leave.
-        await endSourceSessions(blue, { graceMs: sessionGraceMs });
-        lap('sessions');
-        await drain(blue, target, cutoverDrainMs);
-        lap('drain');
-        const sequences = await syncSequences(blue, target);
-        lap('sequences');
-        const { tables, differences } = await compareTables(managed);
-        lap('compare');
-        if (fault) differences.push(fault.message);
-        if (differences.length > 0) throw new Conflict(`the new server's rows differ from the old one's, the database stays on ${green.fromVersion}: ${differences.join('; ')}`);
-        await advanceWalPast(blue, target);
-        await finishTarget(target);
-        // The new primary archives from now on, into the database's archive.
-        await writeServerConfig(serverPaths(greenView(managed.stored)), target.port, managed.stored.spec.settings, runAs, await serverSettings?.(id, managed.stored.spec.dataKey) ?? []);
-        await withClient(target, 'postgres', (client) => client.query('SELECT pg_reload_conf()'));
-        lap('finish');
-        const { swapped: _swapped, ...blueStored } = managed.stored;
-        const retiredPaths = managed.stored.folder ? [managed.stored.folder] : ['data', 'log', 'replica'];
-        const removeAfter = new Date(Date.now() + retiredKeepDays * 86_400_000).toISOString();
-        const cutover: Cutover = { at: new Date().toISOString(), heldMs: Date.now() - heldSince, tables, sequences };
-        upgraded = {
-          ...blueStored, folder: green.folder, port: green.port, spec: { ...managed.stored.spec, version: green.version },
-          blueGreen: { ...green, cutover }, retired: [...(managed.stored.retired ?? []), { version: green.fromVersion, paths: retiredPaths, removeAfter }],
-        };
-        // Saved before any client reaches the new primary: an agent that dies from now on comes back with it as the primary.
-        await saveState(upgraded);
-        lap('save');
-      } catch (error) {
-        // The old server kept running: clients go back to it.
-        await unfence();
-        managed.holding = false;
-        log('warn', 'blue/green: cutover abandoned; clients back on the old server', { instance: id, heldMs: Date.now() - heldSince, error: errorMessage(error) });
-        throw error;
-      }
+      const { stored: upgraded, unfence, heldSince, phasesMs } = await moveHeld(managed, blue, target, {
+        what: 'cutover',
+        refusal: `the new server's rows differ from the old one's, the database stays on ${green.fromVersion}`,
+        differences: fault ? [fault.message] : [],
+        async complete({ tables, sequences, heldSince: since, lap }) {
+          await advanceWalPast(blue, target);
+          await finishTarget(target);
+          // The old server follows the new one until the upgrade is finished: a rollback then takes back every write made
+          // meanwhile. Nothing is written on the new server before clients are released: its slots start where the old one is.
+          await subscribe(target, blue, { copyData: false });
+          lap('reverse');
+          await archiveFrom(target, serverPaths(greenView(managed.stored)), managed.stored);
+          lap('finish');
+          const { swapped, ...blueStored } = managed.stored;
+          const removeAfter = new Date(Date.now() + retiredKeepDays * 86_400_000).toISOString();
+          const cutover: Cutover = { at: new Date().toISOString(), heldMs: Date.now() - since, tables, sequences };
+          return {
+            ...blueStored, folder: green.folder, port: green.port, spec: { ...managed.stored.spec, version: green.version },
+            blueGreen: { ...green, cutover, blue: { port: blue.port, ...(managed.stored.folder ? { folder: managed.stored.folder } : {}), ...(swapped ? { swapped } : {}) } },
+            retired: [...(managed.stored.retired ?? []), { version: green.fromVersion, paths: serverFolders(managed.stored), removeAfter }],
+          };
+        },
+      });
       // Stopping starts a new generation at once (no restart of the old servers after this line: they would read the
       // state below and start in the new folder); they shut down while clients already work on the new server. The
-      // fence holds until then: it ends with the old server.
+      // fence holds until then: it ends with the old server, which starts again beside the new one (startBlue), its
+      // subscriptions applying, no client reaching it.
       const stopped = Promise.all([managed.supervisor.stop(), managed.replica?.stop()]).finally(unfence);
       managed.stored = upgraded;
       managed.supervisor = managed.green!;
@@ -817,6 +886,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       managed.holding = false;
       log('info', 'blue/green: cut over', { instance: id, from: green.fromVersion, to: green.version, heldMs: Date.now() - heldSince, phasesMs });
       await stopped;
+      startBlue(managed);
       // The replica streamed from the old server: it is copied afresh from the new one, after this call answers.
       if (managed.stored.replica) {
         managed.replicaRestartPending = true;
@@ -843,6 +913,85 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       managed.stored = rest;
       await saveState(managed.stored);
       log('info', 'blue/green: abandoned', { instance: id, version: green.version });
+    }),
+
+    finishBlueGreen: (id, blueGreenId) => serialized(id, async () => {
+      const managed = instances.get(id);
+      const upgrade = managed?.stored.blueGreen;
+      if (!managed || upgrade?.id !== blueGreenId) throw new NotFound(`no blue/green upgrade ${blueGreenId} of ${id} on this host`);
+      if (!upgrade.cutover || upgrade.rolledBackAt) throw new Conflict(`instance ${id} was not cut over to ${upgrade.version} by ${blueGreenId}: there is nothing to finish`);
+      if (!upgrade.blue) return blueGreenView(managed);
+      const blue = { port: upgrade.blue.port, paths: serverPaths(blueView(managed.stored)) };
+      if ((await settled(managed, 60_000, startBlue(managed))).status === 'running') {
+        await finishTarget(blue);
+        // The slots and publication the upgrade's subscriptions used, left detached by the cutover.
+        await cleanupSource(blue);
+      }
+      await cleanupSource(endpoint(managed.stored));
+      await managed.blue?.stop();
+      managed.blue = undefined;
+      const { blue: _gone, ...finished } = upgrade;
+      managed.stored = { ...managed.stored, blueGreen: finished };
+      await saveState(managed.stored);
+      log('info', 'blue/green: finished; the old server stopped', { instance: id, version: upgrade.fromVersion });
+      return blueGreenView(managed);
+    }),
+
+    rollBackBlueGreen: (id, blueGreenId) => serialized(id, async () => {
+      const managed = instances.get(id);
+      const upgrade = managed?.stored.blueGreen;
+      if (!managed || upgrade?.id !== blueGreenId) throw new NotFound(`no blue/green upgrade ${blueGreenId} of ${id} on this host`);
+      if (upgrade.rolledBackAt) return blueGreenView(managed);
+      if (!upgrade.cutover) throw new Conflict(`instance ${id} was not cut over to ${upgrade.version} by ${blueGreenId}: abandon it instead`);
+      if (!upgrade.blue) throw new Conflict(`the upgrade ${blueGreenId} of ${id} is finished: its old server no longer follows the new one`);
+      const oldStored = blueView(managed.stored);
+      const blue = { port: oldStored.port, paths: serverPaths(oldStored) };
+      const green = endpoint(managed.stored);
+      const state = await settled(managed, 60_000, startBlue(managed));
+      if (state.status !== 'running') throw new Conflict(`the old server of ${id} is not running (${state.status}): it cannot take the database back`);
+      // Before clients are held, as at the cutover: they then wait only for what is left.
+      await drain(green, blue, cutoverDrainMs).catch((error: unknown) => {
+        throw new Conflict(`the old server of ${id} does not catch up with the new one: ${errorMessage(error)}`);
+      });
+      await advanceWalPast(green, blue);
+      const { stored: rolledBack, unfence, heldSince, phasesMs } = await moveHeld(managed, green, blue, {
+        what: 'rollback',
+        refusal: `the old server's rows differ from the new one's, the database stays on ${upgrade.version}`,
+        async complete() {
+          await finishTarget(blue);
+          // The new server archived since the cutover, past the old one's position then: the old one's WAL file names must come after its.
+          await advanceWalPast(green, blue);
+          await archiveFrom(blue, serverPaths(oldStored), managed.stored);
+          const { blue: _blue, ...record } = upgrade;
+          const { blueGreen: _blueGreen, ...restored } = oldStored;
+          const oldFolders = serverFolders(oldStored).join();
+          return {
+            ...restored, ...(managed.stored.replica ? { replica: managed.stored.replica } : {}),
+            blueGreen: { ...record, rolledBackAt: new Date().toISOString() },
+            retired: (managed.stored.retired ?? []).filter((r) => r.paths.join() !== oldFolders),
+          };
+        },
+      });
+      // The fence ends with the new server, which clients no longer reach.
+      const stopped = Promise.all([managed.supervisor.stop(), managed.replica?.stop()]).finally(unfence);
+      managed.stored = rolledBack;
+      managed.supervisor = managed.blue!;
+      managed.blue = undefined;
+      managed.replica = undefined;
+      managed.applied = { [primarySlot(rolledBack)]: { version: upgrade.fromVersion, settings: rolledBack.spec.settings } };
+      managed.holding = false;
+      log('info', 'blue/green: rolled back', { instance: id, from: upgrade.version, to: upgrade.fromVersion, heldMs: Date.now() - heldSince, phasesMs });
+      await stopped;
+      await rm(join(instanceDir(id), upgrade.folder), { recursive: true, force: true });
+      await rm(join(socketsDir, String(upgrade.port)), { recursive: true, force: true });
+      // The slots and publication the upgrade's subscriptions used, left detached by the cutover.
+      await cleanupSource(blue);
+      // The replica was copied from the new server after the cutover: it is copied afresh from the old one, after this call answers.
+      if (managed.stored.replica) {
+        managed.replicaRestartPending = true;
+        void serialized(id, () => seedReplica(managed).finally(() => { managed.replicaRestartPending = false; }));
+      }
+      return blueGreenView(managed);
     }),
 
     removeReplica: (id) => serialized(id, async () => {
@@ -916,6 +1065,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
         }
         // A blue/green upgrade under way goes on: its subscriptions catch up with what they missed.
         if (stored.blueGreen && !stored.blueGreen.cutover) startGreen(managed);
+        if (stored.blueGreen?.blue) startBlue(managed);
         await removeExpired(managed);
       }
     },
@@ -976,6 +1126,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       await Promise.all([...instances.values()].map(async (m) => {
         await m.gateway?.close();
         await m.replica?.stop();
+        await m.blue?.stop();
         await m.supervisor.stop();
       }));
     },

@@ -126,12 +126,12 @@ function routes({ host, installs, instances, backups, diskQuotas, faults }: Agen
       },
     },
     {
-      path: /^\/v1\/instances\/(?<id>[^/]+)\/blue-green\/(?<blueGreenId>[^/]+)\/cutover$/,
+      path: /^\/v1\/instances\/(?<id>[^/]+)\/blue-green\/(?<blueGreenId>[^/]+)\/(?<action>cutover|finish|rollback)$/,
       methods: {
-        POST: async ({ id, blueGreenId }) => ({
-          status: 200,
-          body: await instances.cutover(parse(InstanceId, id, '/id'), parse(BlueGreenId, blueGreenId, '/blueGreenId')),
-        }),
+        POST: async ({ id, blueGreenId, action }) => {
+          const run = { cutover: instances.cutover, finish: instances.finishBlueGreen, rollback: instances.rollBackBlueGreen }[action as 'cutover' | 'finish' | 'rollback'];
+          return { status: 200, body: await run(parse(InstanceId, id, '/id'), parse(BlueGreenId, blueGreenId, '/blueGreenId')) };
+        },
       },
     },
     {

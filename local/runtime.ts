@@ -59,7 +59,7 @@ export interface Runtime {
    * with `stepFaults`; the step's Lambda is shared, so the first workflow to run it for that database takes
    * the fault). Returns a function that disarms the fault and tells whether it fired.
    */
-  injectStepFault(fault: { workflow: WorkflowName; state: string; databaseId: string }): () => boolean;
+  injectStepFault(fault: { workflow: WorkflowName; state: string; databaseId: string; always?: boolean }): () => boolean;
   stop(): Promise<void>;
 }
 
@@ -172,12 +172,12 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       drainEvents: () => bus.drain(),
       fireSchedule: (id, time) => scheduler.fire(id, time),
       stateMachines,
-      injectStepFault({ workflow, state, databaseId }) {
+      injectStepFault({ workflow, state, databaseId, always }) {
         const machine = stateMachines.find((m) => m.name === workflow)!;
         const resource = taskStates(machine.definition).find(([name]) => name === state)?.[1];
         if (!resource) throw new Error(`${workflow} has no Task state ${state}`);
         const { entry, handler } = machine.tasks[resource];
-        return armStepFault({ functionName: localFunctionName(entry, handler), databaseId, message: `injected fault at ${workflow}.${state}` });
+        return armStepFault({ functionName: localFunctionName(entry, handler), databaseId, message: `injected fault at ${workflow}.${state}`, always });
       },
       stop,
     };

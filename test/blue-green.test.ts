@@ -80,6 +80,22 @@ async function writeUntilEnded(port: number): Promise<number> {
   }
 }
 
+/** Every 50 ms a new session through the gateway writes probe row n and an item with `note`. */
+function probeGateway(gatewayPort: number, note: string) {
+  return probeWrites(async (n) => {
+    const client = new pg.Client({ host: '127.0.0.1', port: gatewayPort, user: 'app', password, database: 'app' });
+    // A session ended after its write committed (a cutover or rollback ends those left on the server clients leave) is no failed write.
+    client.on('error', () => undefined);
+    await client.connect();
+    try {
+      // One simple query, one transaction: both rows or neither.
+      await client.query(`INSERT INTO probe VALUES (${n}); INSERT INTO items (note) VALUES (${client.escapeLiteral(note)})`);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }, { everyMs: 50 });
+}
+
 describe('blue/green building blocks', () => {
   let host: HostInfo;
   let runAs: RunAs | undefined;
@@ -213,26 +229,21 @@ describe('blue/green building blocks', () => {
     const version = (m: number) => host.versions.find((v) => v.version.startsWith(`${m}.`))!.version;
     const exists = (path: string) => access(path).then(() => true, () => false);
     const serverVersion = async (port: number) => (await appQuery<{ v: string }>(port, password, "SELECT current_setting('server_version') AS v"))[0]!.v;
-
-    it('moves a 15 instance to 17 behind the same gateway: rows written during it kept, none failed; the old folder kept; an agent restart finds 17', async () => {
-      const id = 'bg-api';
+    /** A running 15 instance with `rows` items and an empty probe table. */
+    const withItems = async (id: string, rows: number) => {
       const source = await runningInstance(id, appInstanceSpec(host, password, { version: version(15) }));
       const { gatewayPort } = Instance.parse((await call('GET', `/v1/instances/${id}`)).body);
       await appQuery(gatewayPort, password, `
         CREATE TABLE items (id serial PRIMARY KEY, note text NOT NULL);
-        INSERT INTO items (note) SELECT 'before ' || i FROM generate_series(1, 20000) i;
+        INSERT INTO items (note) SELECT 'before ' || i FROM generate_series(1, ${rows}) i;
         CREATE TABLE probe (id int PRIMARY KEY);`);
-      const probe = probeWrites(async (n) => {
-        const client = new pg.Client({ host: '127.0.0.1', port: gatewayPort, user: 'app', password, database: 'app' });
-        // A session ended after its write committed (the cutover ends those left on the old server) is no failed write.
-        client.on('error', () => undefined);
-        await client.connect();
-        try {
-          await client.query(`INSERT INTO probe VALUES (${n}); INSERT INTO items (note) VALUES ('during')`);
-        } finally {
-          await client.end().catch(() => undefined);
-        }
-      }, { everyMs: 50 });
+      return { source, gatewayPort };
+    };
+
+    it('moves a 15 instance to 17 behind the same gateway: rows written during it kept, none failed; the old folder kept; an agent restart finds 17', async () => {
+      const id = 'bg-api';
+      const { source, gatewayPort } = await withItems(id, 20_000);
+      const probe = probeGateway(gatewayPort, 'during');
 
       const started = await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-one', version: version(17) });
       expect(started.status, JSON.stringify(started.body)).toBe(200);
@@ -274,8 +285,15 @@ describe('blue/green building blocks', () => {
       // A retry answers the saved result; the upgrade cannot be abandoned any more.
       expect(BlueGreen.parse((await call('POST', `/v1/instances/${id}/blue-green/op-one/cutover`)).body).cutover).toEqual(done.cutover);
       expect((await call('DELETE', `/v1/instances/${id}/blue-green/op-one`)).status).toBe(409);
-      // The old server is stopped, its folder kept.
+      // Until the upgrade is finished the old server follows the new one.
+      await eventually(async () => ((await adminRows(source, "SELECT 1 FROM items WHERE note = 'after'")).length === 1 ? true : undefined), 30_000);
+      // Finished (twice: idempotent), it is stopped, its folder kept; there is nothing to roll back to any more.
+      for (let i = 0; i < 2; i++) expect((await call('POST', `/v1/instances/${id}/blue-green/op-one/finish`)).status).toBe(200);
+      expect((await call('POST', `/v1/instances/${id}/blue-green/op-one/rollback`)).status).toBe(409);
       await expect(appQuery(source.port, password, 'SELECT 1')).rejects.toThrow();
+      const target = { port: done.port, paths: { socket: join(dataDir, 'sockets', String(done.port)) } };
+      expect(await adminRows(target, `SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE '${upgradeName}%'`)).toEqual([]);
+      expect(await adminRows(target, `SELECT pubname FROM pg_publication WHERE pubname = '${upgradeName}'`)).toEqual([]);
       expect(await exists(join(dataDir, 'instances', id, 'data', 'PG_VERSION'))).toBe(true);
 
       await agent.stop();
@@ -284,6 +302,48 @@ describe('blue/green building blocks', () => {
       expect(await serverVersion(gatewayPort)).toBe(version(17));
       expect((await appQuery<{ n: number }>(gatewayPort, password, 'SELECT count(*)::int AS n FROM probe'))[0]!.n).toBe(seen.acknowledged.length);
       await expect(appQuery(source.port, password, 'SELECT 1')).rejects.toThrow();
+      expect((await call('DELETE', `/v1/instances/${id}`)).status).toBe(204);
+    }, 240_000);
+
+    it('rolls a cut-over upgrade back: every write made on the new server since is on the old one, none failed; the new server goes', async () => {
+      const id = 'bg-rollback';
+      const { source, gatewayPort } = await withItems(id, 5000);
+      expect((await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-back', version: version(17) })).status).toBe(200);
+      await eventually(async () => (BlueGreen.parse((await call('GET', `/v1/instances/${id}/blue-green/op-back`)).body).status === 'ready' ? true : undefined), 60_000);
+      const rolledBackBefore = await call('POST', `/v1/instances/${id}/blue-green/op-back/rollback`);
+      expect(rolledBackBefore.status).toBe(409);
+      expect((await call('POST', `/v1/instances/${id}/blue-green/op-back/cutover`)).status).toBe(200);
+      expect(await serverVersion(gatewayPort)).toBe(version(17));
+
+      const probe = probeGateway(gatewayPort, 'on 17');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const back = await call('POST', `/v1/instances/${id}/blue-green/op-back/rollback`);
+      expect(back.status, JSON.stringify(back.body)).toBe(200);
+      const seen = await probe.stop();
+      expect(BlueGreen.parse(back.body).status).toBe('rolled_back');
+      // A retry answers the same; the upgrade cannot be finished any more.
+      expect(BlueGreen.parse((await call('POST', `/v1/instances/${id}/blue-green/op-back/rollback`)).body).status).toBe('rolled_back');
+      expect((await call('POST', `/v1/instances/${id}/blue-green/op-back/finish`)).status).toBe(409);
+      console.log(`blue/green rollback through the agent: probe ${seen.acknowledged.length} writes, longest stall ${seen.longestStallMs} ms`);
+
+      expect(seen.failures).toEqual([]);
+      expect(seen.acknowledged.length).toBeGreaterThan(5);
+      expect(await serverVersion(gatewayPort)).toBe(version(15));
+      expect(Instance.parse((await call('GET', `/v1/instances/${id}`)).body)).toMatchObject({ version: version(15), port: source.port, status: 'running' });
+      const probed = (await appQuery<{ id: number }>(gatewayPort, password, 'SELECT id FROM probe ORDER BY id')).map((r) => r.id);
+      expect(probed).toEqual(seen.acknowledged);
+      // The sequence came back too: the next row follows those written on 17.
+      const [{ next }] = await appQuery<{ next: number }>(gatewayPort, password, "INSERT INTO items (note) VALUES ('back on 15') RETURNING id AS next");
+      expect(next).toBe(5000 + seen.acknowledged.length + 1);
+      expect(await exists(join(dataDir, 'instances', id, 'green-op-back'))).toBe(false);
+      expect(await adminRows(source, 'SELECT slot_name FROM pg_replication_slots')).toEqual([]);
+      expect(await adminRows(source, 'SELECT subname FROM pg_subscription')).toEqual([]);
+
+      await agent.stop();
+      agent = await spawnAgent({ dataDir, secret, faults: true });
+      await eventually(async () => (Instance.parse((await call('GET', `/v1/instances/${id}`)).body).status === 'running' ? true : undefined), 60_000);
+      expect(await serverVersion(gatewayPort)).toBe(version(15));
+      expect((await appQuery<{ n: number }>(gatewayPort, password, "SELECT count(*)::int AS n FROM items WHERE note <> 'back on 15'"))[0]!.n).toBe(5000 + seen.acknowledged.length);
       expect((await call('DELETE', `/v1/instances/${id}`)).status).toBe(204);
     }, 240_000);
 

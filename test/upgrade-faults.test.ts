@@ -1,19 +1,20 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stateNames } from '../infra/workflows/states.ts';
 import { eventually } from './helpers/agent.ts';
 import { apiClient, type ApiClient, newTenant } from './helpers/api.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createRunning, userTablesChecksum, withConnection } from './helpers/databases.ts';
 import { startTestRuntime } from './helpers/runtime.ts';
 import { flow, reachable, splitTaskStates, statesOf } from './helpers/workflow-paths.ts';
 
 /**
- * A failure at any step of a minor upgrade, or of a major one up to its cutover, rolls it back: the operation ends
- * `rolled_back` with the reason, and the database serves queries on its previous version with every row (a major
- * upgrade's new server and its folder gone). After a major upgrade's cutover the database runs on the new major and
- * the path only goes forward: a step that fails once is retried. The steps come from the Upgrade definition the
- * runtime runs, so steps added later are faulted too.
+ * A failure at any step of an upgrade rolls it back: the operation ends `rolled_back` with the reason, and the database
+ * serves queries on its previous version with every row (a major upgrade's new server and its folder gone). After a
+ * major upgrade's cutover its steps are retried once more on any error: the fault there fails every attempt, and the
+ * rows written through the URL on the new major before the rollback are kept. The steps come from the Upgrade
+ * definition the runtime runs, so steps added later are faulted too.
  */
 
 let runtime: Awaited<ReturnType<typeof startTestRuntime>>;
@@ -83,7 +84,7 @@ describe('a fault at each step of an upgrade', () => {
     }, 900_000);
   }
 
-  it.concurrent('starter-512, 15 → 17 (blue/green): rolled back up to the cutover, the new server gone; retried after it', async ({ expect }) => {
+  it.concurrent('starter-512, 15 → 17 (blue/green): rolled back at every step, the new server gone; writes made on 17 before the rollback kept', async ({ expect }) => {
     const newDatabase = async (name: string) => {
       const db = await createRunning(api, name, 'starter-512', '15');
       await withConnection(db.database.url, db.password, async (client) => {
@@ -115,18 +116,60 @@ describe('a fault at each step of an upgrade', () => {
 
     for (const state of afterCutover.filter((s) => majorStates.includes(s))) {
       const db = await newDatabase(`faults-major-${state.toLowerCase()}`);
-      const rows = (await observe(db)).tables;
-      const disarm = runtime.injectStepFault({ workflow: 'Upgrade', state, databaseId: db.id });
-      const operation = await upgrade(db.id, '17');
+      const { tables: rows } = await observe(db);
+      await withConnection(db.database.url, db.password, (client) => client.query('CREATE TABLE writes (id int PRIMARY KEY, version text NOT NULL)'));
+      // A row a time, each in its own session through the URL, with the version it went to, during the whole upgrade.
+      let upgrading = true;
+      const acknowledged: number[] = [];
+      const writer = (async () => {
+        for (let n = 1; upgrading; n++) {
+          await withConnection(db.database.url, db.password, (client) => client.query("INSERT INTO writes VALUES ($1, current_setting('server_version'))", [n]))
+            .then(() => acknowledged.push(n), () => undefined);
+          await sleep(10);
+        }
+      })();
+      const disarm = runtime.injectStepFault({ workflow: 'Upgrade', state, databaseId: db.id, always: true });
+      const operation = await upgrade(db.id, '17').finally(() => { upgrading = false; });
+      await writer;
       if (!disarm()) throw new Error(`${state} never ran: the fault would have stopped the upgrade`);
       faultedIn.set(state, [...(faultedIn.get(state) ?? []), 'major']);
 
-      expect.soft(operation.status, `${state}: ${operation.error}`).toBe('succeeded');
-      expect.soft((await api.get(`/databases/${db.id}`)).body, state).toMatchObject({ version: '17.10', status: 'running', url: db.database.url });
-      expect.soft(await observe(db), state).toEqual({ major: '17', tables: rows });
-      // The old server's folder is kept for a rollback period.
-      expect.soft(existsSync(join(instanceDir(db), 'data', 'PG_VERSION')), state).toBe(true);
+      expect.soft(operation, state).toMatchObject({ status: 'rolled_back', error: `InjectedStepFault: injected fault at Upgrade.${state}` });
+      expect.soft((await api.get(`/databases/${db.id}`)).body, state).toMatchObject({ version: db.database.version, status: 'running', url: db.database.url });
+      const { major, tables: { 'public.writes': _writes, ...after } } = await observe(db);
+      expect.soft({ major, tables: after }, state).toEqual({ major: '15', tables: rows });
+      const written = await withConnection(db.database.url, db.password, async (client) =>
+        (await client.query<{ id: number; version: string }>('SELECT id, version FROM writes ORDER BY id')).rows);
+      expect.soft(written.map((w) => w.id), state).toEqual(expect.arrayContaining(acknowledged));
+      expect.soft(written.filter((w) => w.version.startsWith('17.')).length, `${state}: rows written on 17`).toBeGreaterThan(0);
+      expect.soft(greenFolders(db), state).toEqual([]);
     }
+  }, 900_000);
+
+  it.concurrent('business-1024, 15 → 17: a fault after the cutover rolls back; the replica is copied afresh from the old server', async ({ expect }) => {
+    const db = await createRunning(api, 'faults-major-two-nodes', 'business-1024', '15');
+    await withConnection(db.database.url, db.password, async (client) => {
+      await client.query('CREATE TABLE items (id int PRIMARY KEY, body text)');
+      await client.query('INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 2000) g');
+    });
+    const before = await withConnection(db.database.url, db.password, userTablesChecksum);
+    const disarm = runtime.injectStepFault({ workflow: 'Upgrade', state: stateNames.verifyMajorUpgrade, databaseId: db.id, always: true });
+    const operation = await upgrade(db.id, '17');
+    expect(disarm()).toBe(true);
+
+    expect(operation).toMatchObject({ status: 'rolled_back', error: `InjectedStepFault: injected fault at Upgrade.${stateNames.verifyMajorUpgrade}` });
+    expect(await withConnection(db.database.url, db.password, userTablesChecksum)).toEqual(before);
+    const nodes = await eventually(async () => {
+      const seen = (await api.get(`/databases/${db.id}`)).body.nodes as { role: string; status: string; port: number }[];
+      return seen.length === 2 && seen.every((n) => n.status === 'running') ? seen : undefined;
+    }, 120_000);
+    // The replica streams from the old server again: it has its rows and runs its version.
+    const replicaUrl = db.database.url.replace(/:\d+\//, `:${nodes.find((n) => n.role === 'replica')!.port}/`);
+    const onReplica = await eventually(() => withConnection(replicaUrl, db.password, async (client) => {
+      const sums = await userTablesChecksum(client);
+      return JSON.stringify(sums) === JSON.stringify(before) ? (await client.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0].v : undefined;
+    }), 60_000);
+    expect(onReplica).toBe(db.database.version);
   }, 900_000);
 
   it('faulted every forward step', () => {

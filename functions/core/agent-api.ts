@@ -36,9 +36,17 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *          ANALYZE on the new one; then holds new connections, ends the old server's sessions, locks its tables against
  *          writes, drains the subscriptions, copies the sequences, compares every user table's row count on both: a
  *          difference answers 409 and clients go back to the old server, which kept running; else the new server becomes
- *          the primary behind the same gateway, the state is saved, clients are released; the old server is stopped and
- *          its folder kept for `retiredKeepDays` (removed at the agent's next start or upgrade after that); on 2 nodes the replica is copied afresh from the new primary; a retry
- *          answers the saved result)
+ *          the primary behind the same gateway, and the old one subscribes to it (copy_data = false: it has the rows), the
+ *          state is saved, clients are released; the old server restarts beside the new one, following it, reached by
+ *          no client; on 2 nodes the replica is copied afresh from the new primary; a retry answers the saved result)
+ *   POST   /v1/instances/{id}/blue-green/{bgId}/finish → BlueGreen (after the cutover: the reverse subscriptions, slots and
+ *          publications go, the old server stops, its folder kept for `retiredKeepDays` (removed at the agent's next
+ *          start or upgrade after that); idempotent; 409 before the cutover or once rolled back)
+ *   POST   /v1/instances/{id}/blue-green/{bgId}/rollback → BlueGreen (after the cutover, before finish: holds new
+ *          connections, ends the new server's sessions and locks its tables, drains the reverse subscriptions, copies
+ *          the sequences back, compares every row count (a difference: 409, clients stay on the new server); the old
+ *          server becomes the primary again (saved before clients are released), the new one and its folder go; on 2
+ *          nodes the replica is copied afresh from it; `rolled_back`; idempotent; 409 before the cutover or once finished)
  *   DELETE /v1/instances/{id}/blue-green/{bgId} → 204 (before the cutover: the new server and its folder go, the old one's
  *          slots and publications too; absent is fine; 409 once cut over)
  *   PUT    /v1/faults               Fault → 204 (only when the agent runs with fault injection enabled)
@@ -371,9 +379,9 @@ export const BlueGreen = z.object({
   /**
    * `building`: copying and streaming; `ready`: caught up (every table copied, less than 4 MiB to apply, no replication
    * error for 15 s): a cutover may start; `failed`: the new server failed or replication keeps failing (3 errors; `reason`);
-   * `cut_over`: it is the primary.
+   * `cut_over`: it is the primary; `rolled_back`: cut over, then the old server became the primary again.
    */
-  status: z.enum(['building', 'ready', 'failed', 'cut_over']),
+  status: z.enum(['building', 'ready', 'failed', 'cut_over', 'rolled_back']),
   reason: z.string().optional(),
   databases: z.array(DatabaseProgress),
   cutover: Cutover.optional(),

@@ -57,6 +57,16 @@ export class AgentClient {
     return this.call('POST', `/v1/instances/${id}/blue-green/${blueGreenId}/cutover`, BlueGreen);
   }
 
+  /** After the cutover, once verified: the old server stops following the new one and stops; a retry answers the same. */
+  finishBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen> {
+    return this.call('POST', `/v1/instances/${id}/blue-green/${blueGreenId}/finish`, BlueGreen);
+  }
+
+  /** After the cutover, before it is finished: clients move back to the old server with every write; a retry answers the same. */
+  rollBackBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen> {
+    return this.call('POST', `/v1/instances/${id}/blue-green/${blueGreenId}/rollback`, BlueGreen);
+  }
+
   /** Before the cutover, drops the new server; absent is fine. */
   async abandonBlueGreen(id: string, blueGreenId: string): Promise<void> {
     await this.call('DELETE', `/v1/instances/${id}/blue-green/${blueGreenId}`, undefined);

@@ -140,6 +140,15 @@ export async function cutover(deps: Pick<StepDeps, 'store' | 'agent'>, input: St
   return done;
 }
 
+/**
+ * After the cutover, a failure: clients go back to the old server, which followed the new one since, with every write
+ * made meanwhile. Answers null, left at `$.cutover`: the database runs on its old version again (see failOperation).
+ */
+export async function rollBackBlueGreen(deps: Pick<StepDeps, 'agent'>, input: StepInput): Promise<null> {
+  await deps.agent.rollBackBlueGreen(input.databaseId, input.operationId);
+  return null;
+}
+
 /** Before the cutover, the new server goes; the database never left the old one. */
 export async function abandonBlueGreen(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput): Promise<void> {
   await deps.agent.abandonBlueGreen(input.databaseId, input.operationId);
@@ -414,7 +423,12 @@ export async function completeOperation(deps: StepDeps, input: StepInput): Promi
     restore: async () => (RestoreInput.parse(operation.input).into === 'new' ? newServer() : { status: 'running' }),
     drill: async () => ({ status: database.status }),
     change_plan: async () => ({ status: 'running', plan: ChangePlanInput.parse(operation.input).toPlan }),
-    upgrade: async () => ({ status: 'running', version: UpgradeInput.parse(operation.input).toVersion }),
+    upgrade: async () => {
+      const { toVersion, strategy } = UpgradeInput.parse(operation.input);
+      // Only now does the old server stop following the new one: until here a failure rolls back (rollBackBlueGreen).
+      if (strategy === 'logical') await deps.agent.finishBlueGreen(database.id, operation.id);
+      return { status: 'running', version: toVersion };
+    },
     restart: async () => ({ status: 'running' }),
   };
   if (!(await finish(deps, operation, database, { status: 'succeeded', at }, await changes[operation.kind]()))) return;
@@ -436,8 +450,8 @@ export async function failOperation(deps: Omit<StepDeps, 'agent'>, input: StepIn
   const failedBackup = backup && backup.status !== 'completed'
     ? [{ Put: { TableName: deps.store.table, Item: deps.store.backupItem({ ...backup, status: 'failed', reason, finishedAt: at }) } }]
     : [];
-  // After a major upgrade's cutover the database runs on the new major, whatever fails later: that is its version.
-  const cutOver = operation.kind === 'upgrade' && input.cutover !== undefined;
+  // After a major upgrade's cutover the database runs on the new major unless it was rolled back ($.cutover null then).
+  const cutOver = operation.kind === 'upgrade' && input.cutover !== undefined && input.cutover !== null;
   // The database was not touched by a failed backup, nor by a failed restore in place (the host put the old data back),
   // nor by a failed plan change or upgrade whose revert worked (the server runs on its previous plan and version).
   const rolledBack = (operation.kind === 'restore' && RestoreInput.parse(operation.input).into === 'same')
@@ -503,12 +517,14 @@ export async function reapOperation(deps: ReaperDeps, ref: Pick<Operation, 'id' 
   }
   const input = { operationId: operation.id, databaseId: operation.databaseId };
   const blueGreen = operation.kind === 'upgrade' && UpgradeInput.parse(operation.input).strategy === 'logical';
-  // A major upgrade that was cut over stays on the new major; one that was not is abandoned.
-  const cutOver = blueGreen ? (await deps.agent.getBlueGreen(operation.databaseId, operation.id))?.cutover : undefined;
+  // A major upgrade that was not cut over is abandoned; one that was is rolled back, or stays on the new major once finished.
+  const upgrade = blueGreen ? await deps.agent.getBlueGreen(operation.databaseId, operation.id) : undefined;
+  const rolledBack = upgrade?.status === 'cut_over' && await rollBackBlueGreen(deps, input).then(() => true, () => false);
+  const cutOver = rolledBack || upgrade?.status === 'rolled_back' ? undefined : upgrade?.cutover;
   if (operation.kind === 'provision') await removeInstance(deps.agent, input);
   if (operation.kind === 'restore') await abandonRestore(deps, input);
   if (operation.kind === 'drill') await removeScratch(deps, input);
-  if (blueGreen && !cutOver) await abandonBlueGreen(deps, input);
+  if (blueGreen && !upgrade?.cutover) await abandonBlueGreen(deps, input);
   if (operation.kind === 'change_plan' || operation.kind === 'restart' || (operation.kind === 'upgrade' && !blueGreen)) await revertChange(deps, input);
   await failOperation(deps, {
     ...input, ...(cutOver ? { cutover: cutOver } : {}),

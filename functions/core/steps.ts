@@ -47,25 +47,33 @@ class InjectedStepFault extends Error {
   override readonly name = 'InjectedStepFault';
 }
 
-/** Armed faults, `<function name> <database id>` → message; each fails one invocation. Handlers run in the runtime's process. */
-const armedFaults = new Map<string, string>();
+/**
+ * Armed faults, `<function name> <database id>` → message and whether it fired; each fails one invocation, or with
+ * `always` every one until disarmed (a step retried on any error). Handlers run in the runtime's process.
+ */
+const armedFaults = new Map<string, { message: string; always: boolean; fired: boolean }>();
 
 /** Fails the next invocation of the Lambda `functionName` for `databaseId`; the returned function disarms it and tells whether it fired. */
-export function armStepFault(fault: { functionName: string; databaseId: string; message: string }): () => boolean {
+export function armStepFault(fault: { functionName: string; databaseId: string; message: string; always?: boolean }): () => boolean {
   if (process.env[stepFaultsEnv] !== '1') throw new Error(`step faults are disabled (${stepFaultsEnv} is not 1)`);
   const key = `${fault.functionName} ${fault.databaseId}`;
-  armedFaults.set(key, fault.message);
-  return () => !armedFaults.delete(key);
+  const armed = { message: fault.message, always: fault.always ?? false, fired: false };
+  armedFaults.set(key, armed);
+  return () => {
+    if (armedFaults.get(key) === armed) armedFaults.delete(key);
+    return armed.fired;
+  };
 }
 
 const injectedFault: MiddlewareObj<StepInput, unknown, Error, Context> = {
   before: ({ event, context }) => {
     if (process.env[stepFaultsEnv] !== '1') return;
     const key = `${context.functionName} ${event.databaseId}`;
-    const message = armedFaults.get(key);
-    if (message === undefined) return;
-    armedFaults.delete(key);
-    throw new InjectedStepFault(message);
+    const armed = armedFaults.get(key);
+    if (armed === undefined) return;
+    armed.fired = true;
+    if (!armed.always) armedFaults.delete(key);
+    throw new InjectedStepFault(armed.message);
   },
 };
 

@@ -47,7 +47,8 @@ export const stateNames = {
   blueGreenNotReady: 'BlueGreenNotReady',
   cutover: 'Cutover',
   abandonBlueGreen: 'AbandonBlueGreen',
-  /** After the cutover the major path has states of its own (see Workflows.upgrade): it only goes forward. */
+  /** After the cutover the major path has states of its own (see Workflows.upgrade); a failure there rolls back. */
+  rollBackBlueGreen: 'RollBackBlueGreen',
   waitForNewReplica: 'WaitForNewReplica',
   checkNewReplica: 'CheckNewReplica',
   isNewReplicaCaughtUp: 'IsNewReplicaCaughtUp',
@@ -107,6 +108,7 @@ export const steps = {
   CheckBlueGreen: 'functions/steps/check-blue-green.ts',
   Cutover: 'functions/steps/cutover.ts',
   AbandonBlueGreen: 'functions/steps/abandon-blue-green.ts',
+  RollBackBlueGreen: 'functions/steps/roll-back-blue-green.ts',
   AddReplica: 'functions/steps/add-replica.ts',
   CheckReplica: 'functions/steps/check-replica.ts',
   CompleteOperation: 'functions/steps/complete-operation.ts',

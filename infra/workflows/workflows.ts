@@ -194,8 +194,8 @@ export class Workflows extends Construct {
    * A cleanup step, then `failure`. The original error stays at `$.error` for FailOperation; a failing
    * cleanup is recorded beside it, at `$.cleanupError`, and goes to `failure` too.
    */
-  private cleanupThen(scope: Construct, step: StepName, failure: sfn.IChainable): sfn.IChainable {
-    const task = this.task(scope, step);
+  private cleanupThen(scope: Construct, step: StepName, failure: sfn.IChainable, resultPath?: string): sfn.IChainable {
+    const task = this.task(scope, step, { resultPath });
     task.addCatch(failure, { errors: [sfn.Errors.ALL], resultPath: paths.cleanupError });
     return task.next(failure);
   }
@@ -337,15 +337,18 @@ export class Workflows extends Construct {
    * - a major upgrade (blue/green): StartBlueGreen (a new server beside the old one, subscribed) → poll CheckBlueGreen
    *   until it has caught up → Cutover (clients held; row counts compared on both servers: a difference keeps them on
    *   the old one). A failure up to here: AbandonBlueGreen (the new server goes; the database never left the old one)
-   *   → FailOperation (`rolled_back`). After the cutover the database runs on the new major and the path only goes
-   *   forward, each step retried once more on any error: poll CheckNewReplica (2 nodes: the replica copied afresh) →
-   *   VerifyMajorUpgrade → CompleteMajorUpgrade. A failure there ends the operation `failed` on the new version
-   *   (the old server's folder is kept: see the agent's retiredKeepDays).
+   *   → FailOperation (`rolled_back`). After the cutover the database runs on the new major, the old server following
+   *   it (a logical subscriber), each step retried once more on any error: poll CheckNewReplica (2 nodes: the replica
+   *   copied afresh) → VerifyMajorUpgrade → CompleteMajorUpgrade (which first stops the old server, its folder kept: see
+   *   the agent's retiredKeepDays). A failure there: RollBackBlueGreen (clients back on the old server with every write
+   *   made since; `$.cutover` cleared) → FailOperation (`rolled_back`); a rollback that fails ends it `failed` on the new
+   *   version.
    */
   private upgrade(scope: Construct): sfn.IChainable {
     const failure = this.failure(scope);
     const rollback = this.cleanupThen(scope, 'RevertUpgrade', failure);
     const abandon = this.cleanupThen(scope, 'AbandonBlueGreen', failure);
+    const rollBack = this.cleanupThen(scope, 'RollBackBlueGreen', failure, paths.cutover);
     const catchInto = <T extends tasks.LambdaInvoke>(task: T, handler: sfn.IChainable) => task.addCatch(handler, { errors: [sfn.Errors.ALL], resultPath: paths.error }) as T;
 
     const [begin, upgradeReplica, switchover, upgrade, verify, complete] = this.sequence(
@@ -359,14 +362,14 @@ export class Workflows extends Construct {
     const startBlueGreen = catchInto(this.task(scope, 'StartBlueGreen'), abandon);
     const cutover = catchInto(this.task(scope, 'Cutover', { resultPath: paths.cutover }), abandon);
     const forward = { retryAll: true };
-    const verifyMajor = catchInto(this.task(scope, 'VerifyUpgrade', { stateName: stateNames.verifyMajorUpgrade, ...forward }), failure);
-    const completeMajor = catchInto(this.task(scope, 'CompleteOperation', { stateName: stateNames.completeMajorUpgrade, ...forward }), failure);
+    const verifyMajor = catchInto(this.task(scope, 'VerifyUpgrade', { stateName: stateNames.verifyMajorUpgrade, ...forward }), rollBack);
+    const completeMajor = catchInto(this.task(scope, 'CompleteOperation', { stateName: stateNames.completeMajorUpgrade, ...forward }), rollBack);
     const waitForNewReplica = this.poll(
       scope,
       { wait: stateNames.waitForNewReplica, check: 'CheckReplica', checkState: stateNames.checkNewReplica, choice: stateNames.isNewReplicaCaughtUp, timedOut: stateNames.newReplicaNotCaughtUp },
       polls.replica,
       paths.replicaProgress,
-      { onReady: verifyMajor.next(completeMajor).next(succeeded), onTimeout: failure, onError: failure },
+      { onReady: verifyMajor.next(completeMajor).next(succeeded), onTimeout: rollBack, onError: rollBack },
       forward,
     );
     const waitForBlueGreen = this.poll(
