@@ -47,10 +47,6 @@ export class MaintenanceStore {
     this.doc = DynamoDBDocumentClient.from(client, { marshallOptions: { removeUndefinedValues: true } });
   }
 
-  async put(item: Maintenance): Promise<void> {
-    await this.doc.send(new PutCommand({ TableName: this.table, Item: maintenanceItem(item), ConditionExpression: 'attribute_not_exists(pk)' }));
-  }
-
   async get(databaseId: string, id: string): Promise<Maintenance | undefined> {
     const { Item } = await this.doc.send(new GetCommand({ TableName: this.table, Key: maintKey(databaseId, id), ConsistentRead: true }));
     return Item && toMaintenance(Item);

@@ -385,6 +385,7 @@ export class Workflows extends Construct {
       .when(sfn.Condition.stringEquals(paths.precheckStrategy, 'logical'), major)
       .otherwise(minor));
   }
+
   /**
    * A maintenance item (input `{ maintenanceId, databaseId }`): StartMaintenanceOperation (first the window again at
    * the dispatcher's clock: open, not frozen, long enough for the kind's p95; then the change_plan or upgrade
