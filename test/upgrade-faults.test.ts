@@ -146,7 +146,8 @@ describe('a fault at each step of an upgrade', () => {
     }
   }, 900_000);
 
-  it.concurrent('business-1024, 15 → 17: a fault after the cutover rolls back; the replica is copied afresh from the old server', async ({ expect }) => {
+  // Not concurrent: beside the two above, a loaded host sometimes abandoned the upgrade before its cutover (the path under test comes after).
+  it('business-1024, 15 → 17: a fault after the cutover rolls back; the replica is copied afresh from the old server', async () => {
     const db = await createRunning(api, 'faults-major-two-nodes', 'business-1024', '15');
     await withConnection(db.database.url, db.password, async (client) => {
       await client.query('CREATE TABLE items (id int PRIMARY KEY, body text)');
@@ -155,7 +156,7 @@ describe('a fault at each step of an upgrade', () => {
     const before = await withConnection(db.database.url, db.password, userTablesChecksum);
     const disarm = runtime.injectStepFault({ workflow: 'Upgrade', state: stateNames.verifyMajorUpgrade, databaseId: db.id, always: true });
     const operation = await upgrade(db.id, '17');
-    expect(disarm()).toBe(true);
+    expect(disarm(), `the fault never fired: ${operation.status} ${operation.error}`).toBe(true);
 
     expect(operation).toMatchObject({ status: 'rolled_back', error: `InjectedStepFault: injected fault at Upgrade.${stateNames.verifyMajorUpgrade}` });
     expect(await withConnection(db.database.url, db.password, userTablesChecksum)).toEqual(before);
