@@ -90,8 +90,11 @@ interface Managed {
 }
 
 export interface InstanceManager extends InstanceAccess {
-  /** With `nodes`: the primary and its replica, with the replica's lag read on the primary. */
-  get(id: string): Promise<Instance | undefined>;
+  /**
+   * With `nodes`: the primary and its replica, with the replica's lag read on the primary. With `replicaWaitMs`,
+   * answered once the replica caught up (lag 0) or failed, or that long later.
+   */
+  get(id: string, replicaWaitMs?: number): Promise<Instance | undefined>;
   /**
    * `restart: 'replica'` records the spec and restarts only the replica on it (the primary keeps its
    * settings until a switchover or the next ensure): the first step of a rolling change.
@@ -487,10 +490,10 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     log('info', 'replica created', { instance: managed.stored.id, port });
   }
 
-  /** Until the replica runs and streams with less than `maxLagBytes` to replay; false at the deadline. */
+  /** Until the replica runs and streams with less than `maxLagBytes` to replay; false at the deadline or once it failed. */
   async function replicaCaughtUp(managed: Managed, maxLagBytes: number, timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
+    while (Date.now() < deadline && managed.replica?.state().status !== 'failed') {
       if (managed.replica?.state().status === 'running') {
         const lag = (await viewWithNodes(managed)).nodes?.find((n) => n.role === 'replica')?.lagBytes;
         if (lag !== undefined && lag <= maxLagBytes) return true;
@@ -727,8 +730,9 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       return view(managed);
     }),
 
-    get: async (id) => {
+    get: async (id, replicaWaitMs = 0) => {
       const managed = instances.get(id);
+      if (managed?.stored.replica && replicaWaitMs > 0) await replicaCaughtUp(managed, 0, replicaWaitMs);
       return managed && viewWithNodes(managed);
     },
 

@@ -105,10 +105,13 @@ export function lowersStandbyMinimums(from: PostgresSettings, to: PostgresSettin
   return standbyMinimums.some((name) => Number(to[name]) < Number(from[name]));
 }
 
-/** The replica's own settings, written after the rest of its config, and the standby.signal that makes it one. */
+/**
+ * The replica's own settings, written after the rest of its config, and the standby.signal that makes it one.
+ * It reports what it replayed every second (not 10): the primary's view of its lag is what says it caught up.
+ */
 export function standbySettings(primaryPort: number, password: string): string[] {
   const conninfo = `host=127.0.0.1 port=${primaryPort} user=${replicationRole} password=${password} application_name=${replicationSlot}`;
-  return [`primary_conninfo = ${quoteSetting(conninfo)}`, `primary_slot_name = ${quoteSetting(replicationSlot)}`, 'hot_standby = on'];
+  return [`primary_conninfo = ${quoteSetting(conninfo)}`, `primary_slot_name = ${quoteSetting(replicationSlot)}`, 'hot_standby = on', 'wal_receiver_status_interval = 1'];
 }
 
 export function writeStandbySignal(data: string, runAs: RunAs | undefined): Promise<void> {

@@ -2,7 +2,7 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { z } from 'zod';
 import {
-  BackupId, BlueGreenId, EnsureInstance, Fault, InstanceId, JobWait, RestartScope, RestoreId, StartBlueGreen, Switchover, StartBackup, StartRestore, WalRetention,
+  BackupId, BlueGreenId, EnsureInstance, Fault, InstanceId, JobWait, ReplicaWait, RestartScope, RestoreId, StartBlueGreen, Switchover, StartBackup, StartRestore, WalRetention,
   type HostInfo,
 } from '#core/agent-api.ts';
 import {
@@ -66,8 +66,9 @@ function routes({ host, installs, instances, backups, diskQuotas, faults }: Agen
     {
       path: /^\/v1\/instances\/(?<id>[^/]+)$/,
       methods: {
-        GET: async ({ id }) => {
-          const instance = await instances.get(parse(InstanceId, id, '/id'));
+        GET: async ({ id }, _body, { query }) => {
+          const replicaWaitSeconds = parse(ReplicaWait, query.get('replicaWaitSeconds') ?? undefined, '/query/replicaWaitSeconds');
+          const instance = await instances.get(parse(InstanceId, id, '/id'), replicaWaitSeconds * 1000);
           if (!instance) throw new NotFound(`no instance ${id} on this host`);
           return { status: 200, body: instance };
         },

@@ -83,6 +83,19 @@ describe('a streaming replica (real PostgreSQL 17 through the agent)', () => {
     expect(Number(port)).toBe((await getInstance()).port);
   });
 
+  it('answers a GET with replicaWaitSeconds once the replica has replayed what was just written', async () => {
+    const { gatewayPort } = await getInstance();
+    await query(gatewayPort, 'CREATE TABLE burst AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 50000) g');
+    const started = Date.now();
+    const answered = Instance.parse((await call('GET', `/v1/instances/${id}?replicaWaitSeconds=20`)).body);
+    const tooLong = await call('GET', `/v1/instances/${id}?replicaWaitSeconds=3600`);
+
+    expect(answered.nodes?.find((n) => n.role === 'replica')).toMatchObject({ status: 'running', lagBytes: 0 });
+    expect(Date.now() - started).toBeLessThan(20_000);
+    expect(tooLong.status).toBe(400);
+    await query(gatewayPort, 'DROP TABLE burst');
+  });
+
   it('restarts the replica after its postmaster is killed', async () => {
     const before = await replicaPid();
 

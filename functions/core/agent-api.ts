@@ -10,7 +10,7 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *   GET    /v1/host                 → HostInfo
  *   PUT    /v1/instances/{id}       EnsureInstance → Instance   (creates or converges; never waits for health;
  *          `?restart=replica`: records the spec but restarts only the replica on it, the first step of a rolling change)
- *   GET    /v1/instances/{id}       → Instance | 404
+ *   GET    /v1/instances/{id}[?replicaWaitSeconds=N]  → Instance | 404 (long poll: see ReplicaWait)
  *   DELETE /v1/instances/{id}       → 204 (stops the server and removes its data; absent is fine)
  *   PUT    /v1/instances/{id}/replica → Instance (ensures a streaming replica of the instance on this host: a second
  *          server of the same version, copied from the primary with the low-level backup API, streaming from it
@@ -199,6 +199,12 @@ export const maxJobWaitSeconds = 20;
  * (completed or failed), or after N seconds still running. So a poll sees the end at once.
  */
 export const JobWait = z.coerce.number().int().min(0).max(maxJobWaitSeconds).default(0);
+
+/**
+ * `?replicaWaitSeconds=N` on a GET of an instance with a replica: answered as soon as the replica runs and has
+ * replayed all its primary's WAL (or has failed), or after N seconds. So a poll sees it caught up at once.
+ */
+export const ReplicaWait = JobWait;
 
 /**
  * A base backup: the data directory copied between pg_backup_start and pg_backup_stop (tar, with the

@@ -20,8 +20,9 @@ export class AgentClient {
     return this.call('PUT', `/v1/instances/${id}${restart === 'all' ? '' : `?restart=${restart}`}`, Instance, spec);
   }
 
-  async getInstance(id: string): Promise<Instance | undefined> {
-    return this.call('GET', `/v1/instances/${id}`, Instance, undefined, true);
+  /** With `replicaWaitSeconds` (≤ maxJobWaitSeconds), answered once the replica caught up or failed, or that long later. */
+  async getInstance(id: string, replicaWaitSeconds = 0): Promise<Instance | undefined> {
+    return this.call('GET', `/v1/instances/${id}${replicaWaitSeconds ? `?replicaWaitSeconds=${replicaWaitSeconds}` : ''}`, Instance, undefined, true);
   }
 
   async deleteInstance(id: string): Promise<void> {

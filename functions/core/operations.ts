@@ -226,17 +226,20 @@ export async function addReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input:
   if (nodesOf(targetPlanOf(operation, database)) === 2) await deps.agent.ensureReplica(database.id);
 }
 
-/** Ready once the replica runs and has replayed every byte of WAL the primary wrote (at once on a 1-node plan). */
+/**
+ * Ready once the replica runs and has replayed every byte of WAL the primary wrote (at once on a 1-node plan).
+ * Each check waits on the agent for that, up to maxJobWaitSeconds (long poll).
+ */
 export async function checkReplica(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { replicaProgress?: PollResult }): Promise<PollResult> {
   const attempts = (input.replicaProgress?.attempts ?? 0) + 1;
   const { operation, database } = await load(deps.store, input);
   if (nodesOf(targetPlanOf(operation, database)) === 1) return { ready: true, attempts };
-  return { ready: await replicaCaughtUp(deps.agent, database.id), attempts };
+  return { ready: await replicaCaughtUp(deps.agent, database.id, maxJobWaitSeconds), attempts };
 }
 
 /** Whether the database's replica runs and has replayed every byte of WAL its primary wrote; throws if it is gone or failed. */
-async function replicaCaughtUp(agent: AgentClient, databaseId: string): Promise<boolean> {
-  const instance = await agent.getInstance(databaseId);
+async function replicaCaughtUp(agent: AgentClient, databaseId: string, waitSeconds = 0): Promise<boolean> {
+  const instance = await agent.getInstance(databaseId, waitSeconds);
   const replica = instance?.nodes?.find((n) => n.role === 'replica');
   if (!replica) throw new InstanceFailed('the replica is gone from its host');
   if (replica.status === 'failed') throw new InstanceFailed('the replica failed to start');
