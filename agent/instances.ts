@@ -117,7 +117,8 @@ export interface InstanceManager extends InstanceAccess {
    * each database subscribes to the primary's. Idempotent; answers once the initial copy has started.
    */
   startBlueGreen(id: string, request: StartBlueGreen): Promise<BlueGreen>;
-  getBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen | undefined>;
+  /** With `waitMs`, a `building` upgrade is answered once it is ready or failed, or that long later. */
+  getBlueGreen(id: string, blueGreenId: string, waitMs?: number): Promise<BlueGreen | undefined>;
   /**
    * New connections are held; the old server's sessions end, the subscriptions drain, sequences are copied and every
    * user table's row count compared: a difference releases clients back to the old server (409). Else the new server
@@ -828,9 +829,14 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       return blueGreenView(managed);
     }),
 
-    getBlueGreen: async (id, blueGreenId) => {
-      const managed = instances.get(id);
-      return managed?.stored.blueGreen?.id === blueGreenId ? blueGreenView(managed) : undefined;
+    getBlueGreen: async (id, blueGreenId, waitMs = 0) => {
+      const deadline = Date.now() + waitMs;
+      for (;;) {
+        const managed = instances.get(id);
+        const progress = managed?.stored.blueGreen?.id === blueGreenId ? await blueGreenView(managed) : undefined;
+        if (progress?.status !== 'building' || Date.now() >= deadline) return progress;
+        await sleep(200);
+      }
     },
 
     cutover: (id, blueGreenId) => serialized(id, async () => {

@@ -115,8 +115,9 @@ function routes({ host, installs, instances, backups, diskQuotas, faults }: Agen
     {
       path: /^\/v1\/instances\/(?<id>[^/]+)\/blue-green\/(?<blueGreenId>[^/]+)$/,
       methods: {
-        GET: async ({ id, blueGreenId }) => {
-          const upgrade = await instances.getBlueGreen(parse(InstanceId, id, '/id'), parse(BlueGreenId, blueGreenId, '/blueGreenId'));
+        GET: async ({ id, blueGreenId }, _body, { query }) => {
+          const waitSeconds = parse(JobWait, query.get('waitSeconds') ?? undefined, '/query/waitSeconds');
+          const upgrade = await instances.getBlueGreen(parse(InstanceId, id, '/id'), parse(BlueGreenId, blueGreenId, '/blueGreenId'), waitSeconds * 1000);
           if (!upgrade) throw new NotFound(`no blue/green upgrade ${blueGreenId} of ${id} on this host`);
           return { status: 200, body: upgrade };
         },

@@ -250,10 +250,15 @@ describe('blue/green building blocks', () => {
       expect(BlueGreen.parse(started.body)).toMatchObject({ id: 'op-one', fromVersion: version(15), version: version(17) });
       expect((await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-one', version: version(17) })).status).toBe(200);
       expect((await call('POST', `/v1/instances/${id}/blue-green`, { id: 'op-two', version: version(17) })).status).toBe(409);
+      // A long poll: each GET answers once the new server is ready, or 5 s later still building.
+      const answers: { status: string; ms: number }[] = [];
       const ready = await eventually(async () => {
-        const progress = BlueGreen.parse((await call('GET', `/v1/instances/${id}/blue-green/op-one`)).body);
+        const asked = Date.now();
+        const progress = BlueGreen.parse((await call('GET', `/v1/instances/${id}/blue-green/op-one?waitSeconds=5`)).body);
+        answers.push({ status: progress.status, ms: Date.now() - asked });
         return progress.status === 'ready' ? progress : undefined;
       }, 60_000);
+      expect(answers.filter((a) => a.status === 'building').every((a) => a.ms >= 5_000), JSON.stringify(answers)).toBe(true);
       expect(ready.databases).toEqual([expect.objectContaining({ database: 'app', initialCopyDone: true, tables: 2, errors: 0 })]);
 
       // A difference in row counts (injected) sends clients back to the old server, which kept running.

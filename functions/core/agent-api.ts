@@ -31,7 +31,7 @@ import { EngineName, HostVersion, PostgresSettings } from './catalog.ts';
  *          running primary: wal_level = logical on it (a restart with new connections held at the gateway, when needed),
  *          a server of the target version in its own folder, roles and schema copied, one subscription per database;
  *          idempotent; 409 while another one is under way; answers once the initial copy has started)
- *   GET    /v1/instances/{id}/blue-green/{bgId} → BlueGreen | 404 (progress; `ready` once caught up)
+ *   GET    /v1/instances/{id}/blue-green/{bgId} [?waitSeconds=N] → BlueGreen | 404 (progress; `ready` once caught up; long poll: see JobWait)
  *   POST   /v1/instances/{id}/blue-green/{bgId}/cutover → BlueGreen (409 unless `ready`; VACUUM on both servers and
  *          ANALYZE on the new one; then holds new connections, ends the old server's sessions, locks its tables against
  *          writes, drains the subscriptions, copies the sequences, compares every user table's row count on both: a
@@ -196,7 +196,8 @@ export const maxJobWaitSeconds = 20;
 
 /**
  * `?waitSeconds=N` on a GET of a backup or restore job: a running job is answered as soon as it ends
- * (completed or failed), or after N seconds still running. So a poll sees the end at once.
+ * (completed or failed), or after N seconds still running. So a poll sees the end at once. The same on a GET
+ * of a blue/green upgrade: a `building` one is answered once it is ready or failed.
  */
 export const JobWait = z.coerce.number().int().min(0).max(maxJobWaitSeconds).default(0);
 

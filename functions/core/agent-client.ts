@@ -49,8 +49,9 @@ export class AgentClient {
     return this.call('POST', `/v1/instances/${id}/blue-green`, BlueGreen, request);
   }
 
-  getBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen | undefined> {
-    return this.call('GET', `/v1/instances/${id}/blue-green/${blueGreenId}`, BlueGreen, undefined, true);
+  /** With `waitSeconds` (≤ maxJobWaitSeconds), a `building` upgrade is answered once it is no longer, or that long later. */
+  getBlueGreen(id: string, blueGreenId: string, waitSeconds = 0): Promise<BlueGreen | undefined> {
+    return this.call('GET', `/v1/instances/${id}/blue-green/${blueGreenId}?waitSeconds=${waitSeconds}`, BlueGreen, undefined, true);
   }
 
   /** Clients move to the new server, or (409) stay on the old one when the rows differ; a retry answers the saved result. */

@@ -121,7 +121,7 @@ export async function startBlueGreen(deps: Pick<StepDeps, 'store' | 'agent'>, in
 /** Ready once the new server has copied every table and caught up; a failed one (its server, or replication that keeps failing) fails the step. */
 export async function checkBlueGreen(deps: Pick<StepDeps, 'store' | 'agent'>, input: StepInput & { blueGreenProgress?: PollResult }): Promise<PollResult> {
   const attempts = (input.blueGreenProgress?.attempts ?? 0) + 1;
-  const progress = await deps.agent.getBlueGreen(input.databaseId, input.operationId);
+  const progress = await deps.agent.getBlueGreen(input.databaseId, input.operationId, maxJobWaitSeconds);
   if (!progress) throw new UpgradeNotApplied('the new server is gone from its host');
   if (progress.status === 'failed') throw new UpgradeNotApplied(progress.reason ?? 'the new server failed');
   return { ready: progress.status === 'ready', attempts };

@@ -169,8 +169,8 @@ export const polls = {
   backup: { intervalSeconds: 0, maxChecks: 360, timeoutError: { Error: 'BackupTimedOut', Cause: 'the backup did not finish within 2 hours' } },
   /** Until a restore has recovered and been verified: up to 2 hours, polled like `backup`. */
   restore: { intervalSeconds: 0, maxChecks: 360, timeoutError: { Error: 'RestoreTimedOut', Cause: 'the restore did not finish within 2 hours' } },
-  /** Until a blue/green upgrade's new server has copied every table and caught up: up to 100 minutes. */
-  blueGreen: { intervalSeconds: 5, maxChecks: 1200, timeoutError: { Error: 'BlueGreenNotReady', Cause: 'the new server did not catch up within 100 minutes' } },
+  /** Until a blue/green upgrade's new server has copied every table and caught up: up to 100 minutes, polled like `backup`. */
+  blueGreen: { intervalSeconds: 0, maxChecks: 300, timeoutError: { Error: 'BlueGreenNotReady', Cause: 'the new server did not catch up within 100 minutes' } },
   /** Until a new replica runs and has replayed all the primary's WAL: up to 30 minutes, polled like `backup`. */
   replica: { intervalSeconds: 0, maxChecks: 90, timeoutError: { Error: 'ReplicaNotCaughtUp', Cause: 'the replica did not catch up with the primary within 30 minutes' } },
   /**
