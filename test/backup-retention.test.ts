@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { retentionExpiries } from '../functions/core/backups.ts';
+import { pointInTimeBase, retentionExpiries } from '../functions/core/backups.ts';
 import { findPlan } from '../functions/core/catalog.ts';
 import type { Backup } from '../functions/core/model.ts';
 
@@ -70,5 +70,25 @@ describe('retention (grandfather-father-son)', () => {
 
     expect(expiries.size).toBe(3);
     expect(expiries.get('2026-06-03')).toBe(new Date(Date.parse('2026-06-03T03:00:00.000Z') + 7 * day).toISOString());
+  });
+});
+
+describe('the base backup for an instant', () => {
+  // 10:00 base backup; 10:10 a restore in place back to it starts, takes its undo backup at 10:11, finishes at 10:12.
+  const base = backup('base', '2026-11-02T10:00:00.000Z');
+  const undo = backup('undo', '2026-11-02T10:11:00.000Z', { kind: 'pre_restore', startedAt: '2026-11-02T10:10:30.000Z' });
+  const branch = { restoredTo: base.consistentAt!, finishedAt: '2026-11-02T10:12:00.000Z' };
+
+  it('skips a backup of the branch a restore in place abandoned, for an instant after that restore', () => {
+    expect(pointInTimeBase([base, undo], [branch], '2026-11-02T10:20:00.000Z')?.id).toBe('base');
+  });
+
+  it('takes that backup for an instant before the restore, on the branch that was live then', () => {
+    expect(pointInTimeBase([base, undo], [branch], '2026-11-02T10:11:30.000Z')?.id).toBe('undo');
+  });
+
+  it('takes a backup made after the restore, on its new branch', () => {
+    const after = backup('after', '2026-11-02T10:13:00.000Z', { kind: 'post_restore', startedAt: '2026-11-02T10:12:10.000Z' });
+    expect(pointInTimeBase([base, undo, after], [branch], '2026-11-02T10:20:00.000Z')?.id).toBe('after');
   });
 });

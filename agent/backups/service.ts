@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -607,7 +606,7 @@ export function createBackupService(options: BackupServiceOptions) {
         ...await serverSettings(job.instanceId, spec.dataKey),
         // ...though not from this scratch server, which would push it while shutting down (and first switch
         // to a new segment to push that too): it marks files ready, the restored instance pushes them, and
-        // the new timeline's history goes now (archiveNewHistory), so the next restore sees that timeline.
+        // the new timeline's history goes as soon as the restored data runs, so the next restore sees that timeline.
         "archive_command = ''",
         // Before recovery, PostgreSQL makes the unpacked files durable: one syncfs() of their file system
         // (PostgreSQL ≥ 14, Linux) rather than an fsync per file (~1,000 of them): 0.2–0.3 s instead of 0.3–1 s here for 300 MB.
@@ -617,13 +616,15 @@ export function createBackupService(options: BackupServiceOptions) {
         ...target,
       ]);
       const lastReplayed = await recover(install, paths, port, `backup ${meta.job.id}`);
-      if (spec.dataKey) await archiveNewHistory(job.instanceId, join(paths.data, 'pg_wal'));
+      const histories = await newHistories(join(paths.data, 'pg_wal'));
       log('info', 'restore recovered', { restore: job.id, backup: meta.job.id });
 
       const fault = faults.take('restore', job.instanceId);
       if (fault) throw new Error(fault.message);
       if (request.mode === 'in_place') await options.instances().replaceData(job.instanceId, paths.data, job.id);
       else await options.instances().adopt(job.instanceId, spec, paths.data);
+      // Only a timeline that went live is archived (the next restore to an instant follows the newest one there).
+      if (spec.dataKey) for (const [file, content] of histories) await archiveWal(job.instanceId, file, Readable.from([content]));
       // To the end of the archive, the data reflects the last commit replayed (what was lost came after it).
       return toEnd ? lastReplayed ?? meta.job.consistentAt : pointInTime ?? meta.job.consistentAt;
     } finally {
@@ -643,17 +644,20 @@ export function createBackupService(options: BackupServiceOptions) {
   }
 
   /**
-   * Pushes the history file of the timeline a scratch server's promotion started (marked ready to
-   * archive in `walDir`) to the archive of `databaseId`, and marks it done, as PostgreSQL's archiver would.
+   * The history file of the timeline a scratch server's promotion started (marked ready to archive in `walDir`), read
+   * now and marked done, as PostgreSQL's archiver would: the agent archives it once the restored data runs (the
+   * server's archiver pushing the same key at the same time would spoil the copies).
    */
-  async function archiveNewHistory(databaseId: string, walDir: string): Promise<void> {
+  async function newHistories(walDir: string): Promise<Map<string, Buffer>> {
+    const histories = new Map<string, Buffer>();
     const status = join(walDir, 'archive_status');
     for (const entry of await readdir(status)) {
       const file = entry.slice(0, -'.ready'.length);
       if (!entry.endsWith('.ready') || !walHistory.test(file)) continue;
-      await archiveWal(databaseId, file, createReadStream(join(walDir, file)));
+      histories.set(file, await readFile(join(walDir, file)));
       await rename(join(status, entry), join(status, `${file}.done`));
     }
+    return histories;
   }
 
   /**

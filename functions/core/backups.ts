@@ -260,11 +260,40 @@ async function restoreBase(deps: BackupDeps, database: Database, request: Restor
       errors: [{ pointer: '/body/pointInTime', detail: `outside the recovery window ${shown}` }],
     });
   }
-  const base = (await deps.store.listBackups(database.id))
-    .filter((b) => b.status === 'completed' && b.consistentAt && b.consistentAt <= target)
-    .sort((a, b) => b.consistentAt!.localeCompare(a.consistentAt!))[0];
+  const [backups, operations] = await Promise.all([deps.store.listBackups(database.id), deps.store.listOperations(database.id)]);
+  const base = pointInTimeBase(backups, branchesOf(operations, backups), target);
   if (!base) throw new Unprocessable(`no backup is consistent before ${target}`, { errors: [{ pointer: '/body/pointInTime', detail: 'no backup before this instant' }] });
   return base;
+}
+
+/** A restore in place, as the WAL timelines see it: the data branched off at `restoredTo`, live again from `finishedAt`. */
+export interface Branch {
+  restoredTo: string;
+  finishedAt: string;
+}
+
+/** The branches the database's restores in place started (each one a new timeline). */
+function branchesOf(operations: Operation[], backups: Backup[]): Branch[] {
+  return operations.flatMap((op) => {
+    if (op.kind !== 'restore' || op.status !== 'succeeded' || !op.finishedAt) return [];
+    const input = RestoreInput.parse(op.input);
+    const restoredTo = input.pointInTime ?? backups.find((b) => b.id === input.sourceBackupId)?.consistentAt;
+    return input.into === 'same' && restoredTo ? [{ restoredTo, finishedAt: op.finishedAt }] : [];
+  });
+}
+
+/**
+ * The base backup for an instant: the newest consistent before it on the instant's own line of timelines. A backup
+ * consistent after the point a restore in place went back to, and taken before that restore finished (its undo
+ * backup, for one), lies on the abandoned branch: PostgreSQL cannot replay it into the later timeline ("requested
+ * timeline is not a child of this server's history").
+ */
+export function pointInTimeBase(backups: Backup[], branches: Branch[], target: string): Backup | undefined {
+  const abandoned = (backup: Backup) => branches.some((branch) =>
+    branch.finishedAt <= target && backup.consistentAt! > branch.restoredTo && backup.startedAt < branch.finishedAt);
+  return backups
+    .filter((b) => b.status === 'completed' && b.consistentAt && b.consistentAt <= target && !abandoned(b))
+    .sort((a, b) => b.consistentAt!.localeCompare(a.consistentAt!))[0];
 }
 
 export const BackupScheduleBody = z.object({
