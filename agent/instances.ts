@@ -140,6 +140,8 @@ export interface InstanceManager extends InstanceAccess {
   rollBackBlueGreen(id: string, blueGreenId: string): Promise<BlueGreen>;
   /** Prepares the data folder and brings back every instance found in it. */
   resumeAll(): Promise<void>;
+  /** Removes the server folders of earlier majors whose rollback period is over (also done at resumeAll); never throws. */
+  removeExpiredFolders(): Promise<void>;
   stopAll(): Promise<void>;
 }
 
@@ -1131,6 +1133,11 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       await rm(instanceDir(id), { recursive: true, force: true });
       throw new Error(`the restored server did not start: ${state.reason ?? state.status}`);
     }),
+
+    async removeExpiredFolders() {
+      await Promise.all([...instances.values()].map((managed) => serialized(managed.stored.id, () => removeExpired(managed)).catch((error: unknown) =>
+        log('error', 'could not remove the server folders of an earlier major', { instance: managed.stored.id, error: errorMessage(error) }))));
+    },
 
     async stopAll() {
       await Promise.all([...instances.values()].map(async (m) => {

@@ -23,6 +23,8 @@ const Env = z.object({
   DBPLANE_AGENT_BACKUP_DIR: z.string().min(1).optional(),
   /** How often each server's data directory is measured against its disk quota. */
   DBPLANE_AGENT_QUOTA_INTERVAL_MS: z.coerce.number().int().min(100).default(5_000),
+  /** How often the server folders of earlier majors whose rollback period is over are looked for and removed. */
+  DBPLANE_AGENT_RETIRED_SWEEP_MS: z.coerce.number().int().min(100).default(3_600_000),
   // The master key (DBPLANE_MASTER_KEY_FILE locally, MASTER_KEY_ID with KMS) is read by #core/keys.ts when first needed.
 });
 
@@ -63,6 +65,7 @@ backups.setAgentUrl(`http://127.0.0.1:${port}`);
 await backups.cleanup();
 await instances.resumeAll();
 diskQuotas.start();
+const retiredSweep = setInterval(() => void instances.removeExpiredFolders(), env.DBPLANE_AGENT_RETIRED_SWEEP_MS);
 process.stdout.write(`${JSON.stringify({ agent: 'listening', url: `http://127.0.0.1:${port}` })}\n`);
 log('info', 'agent listening', { port, versions: installs.map((i) => i.version), faults: env.DBPLANE_AGENT_FAULTS === '1' });
 
@@ -77,6 +80,7 @@ async function shutdown(signal: NodeJS.Signals): Promise<void> {
   shuttingDown = true;
   log('info', 'agent stopping', { signal });
   try {
+    clearInterval(retiredSweep);
     await diskQuotas.stop();
     await Promise.all([instances.stopAll(), backups.stopAll()]);
     server.close();

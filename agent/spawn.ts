@@ -15,6 +15,8 @@ export interface SpawnAgentOptions {
   masterKeyFile?: string;
   /** Where backups and WAL go, one folder per zone. Default: `<dataDir>/backups`. */
   backupDir?: string;
+  /** How often expired server folders of earlier majors are removed (DBPLANE_AGENT_RETIRED_SWEEP_MS). Default: hourly. */
+  retiredSweepMs?: number;
 }
 
 export interface AgentProcess {
@@ -29,7 +31,7 @@ const startTimeoutMs = 30_000;
 const stopTimeoutMs = 15_000;
 
 /** Starts the agent as a child process (its own process group) and resolves once it listens. */
-export async function spawnAgent({ dataDir, secret, port = 0, faults = false, masterKeyFile, backupDir }: SpawnAgentOptions): Promise<AgentProcess> {
+export async function spawnAgent({ dataDir, secret, port = 0, faults = false, masterKeyFile, backupDir, retiredSweepMs }: SpawnAgentOptions): Promise<AgentProcess> {
   const tsx = fileURLToPath(new URL('../node_modules/.bin/tsx', import.meta.url));
   const child = spawn(tsx, [fileURLToPath(new URL('./main.ts', import.meta.url))], {
     detached: true,
@@ -44,6 +46,7 @@ export async function spawnAgent({ dataDir, secret, port = 0, faults = false, ma
       DBPLANE_AGENT_FAULTS: faults ? '1' : '0',
       ...(masterKeyFile ? { DBPLANE_MASTER_KEY_FILE: masterKeyFile } : {}),
       ...(backupDir ? { DBPLANE_AGENT_BACKUP_DIR: backupDir } : {}),
+      ...(retiredSweepMs ? { DBPLANE_AGENT_RETIRED_SWEEP_MS: String(retiredSweepMs) } : {}),
     },
   });
   const exited = new Promise<void>((resolve) => {

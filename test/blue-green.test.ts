@@ -1,4 +1,4 @@
-import { access, mkdtemp, rm } from 'node:fs/promises';
+import { access, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import type { ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -240,7 +240,7 @@ describe('blue/green building blocks', () => {
       return { source, gatewayPort };
     };
 
-    it('moves a 15 instance to 17 behind the same gateway: rows written during it kept, none failed; the old folder kept; an agent restart finds 17', async () => {
+    it('moves a 15 instance to 17 behind the same gateway: rows written during it kept, none failed; the old folder kept until its rollback period ends; an agent restart finds 17', async () => {
       const id = 'bg-api';
       const { source, gatewayPort } = await withItems(id, 20_000);
       const probe = probeGateway(gatewayPort, 'during');
@@ -302,11 +302,20 @@ describe('blue/green building blocks', () => {
       expect(await exists(join(dataDir, 'instances', id, 'data', 'PG_VERSION'))).toBe(true);
 
       await agent.stop();
-      agent = await spawnAgent({ dataDir, secret, faults: true });
+      // The rollback period (7 days) made to end 20 s from now: the agent's sweep removes the old folder then.
+      const stateFile = join(dataDir, 'instances', id, 'state.json');
+      const state = JSON.parse(await readFile(stateFile, 'utf8'));
+      expect(state.retired).toHaveLength(1);
+      state.retired[0].removeAfter = new Date(Date.now() + 20_000).toISOString();
+      await writeFile(stateFile, JSON.stringify(state));
+      agent = await spawnAgent({ dataDir, secret, faults: true, retiredSweepMs: 500 });
       await eventually(async () => (Instance.parse((await call('GET', `/v1/instances/${id}`)).body).status === 'running' ? true : undefined), 60_000);
       expect(await serverVersion(gatewayPort)).toBe(version(17));
       expect((await appQuery<{ n: number }>(gatewayPort, password, 'SELECT count(*)::int AS n FROM probe'))[0]!.n).toBe(seen.acknowledged.length);
       await expect(appQuery(source.port, password, 'SELECT 1')).rejects.toThrow();
+      expect(await exists(join(dataDir, 'instances', id, 'data', 'PG_VERSION')), 'removed before its time').toBe(true);
+      await eventually(async () => (await exists(join(dataDir, 'instances', id, 'data')) ? undefined : true), 60_000);
+      expect(await serverVersion(gatewayPort)).toBe(version(17));
       expect((await call('DELETE', `/v1/instances/${id}`)).status).toBe(204);
     }, 240_000);
 
