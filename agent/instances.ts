@@ -87,6 +87,8 @@ interface Managed {
   holding: boolean;
   /** The replica waits to restart on lower settings until it has replayed the restarted primary's (see lowersStandbyMinimums). */
   replicaRestartPending: boolean;
+  /** The last copy of the primary into the replica failed (see reseedReplicaLater): the replica reads as `failed`. */
+  replicaCopyFailed?: boolean;
 }
 
 export interface InstanceManager extends InstanceAccess {
@@ -338,7 +340,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     const { stored, supervisor, replica } = managed;
     const nodes: InstanceNode[] = [{ role: 'primary', port: stored.port, status: supervisor.state().status }];
     if (stored.replica) {
-      const status = managed.replicaRestartPending ? 'starting' : replica?.state().status ?? 'stopped';
+      const status = managed.replicaRestartPending ? 'starting' : managed.replicaCopyFailed ? 'failed' : replica?.state().status ?? 'stopped';
       let lagBytes: number | undefined;
       if (supervisor.state().status === 'running') {
         const { socket } = serverPaths(stored);
@@ -463,6 +465,22 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   }
 
   /**
+   * After the current call (a cutover or its rollback moved the primary): the replica is copied afresh from the new
+   * primary. Until then it reads as `starting`; if the copy fails it is gone, which fails the operation's replica check.
+   */
+  function reseedReplicaLater(managed: Managed): void {
+    if (!managed.stored.replica) return;
+    const { id } = managed.stored;
+    managed.replicaRestartPending = true;
+    void serialized(id, () => seedReplica(managed))
+      .catch((error: unknown) => {
+        managed.replicaCopyFailed = true;
+        log('error', 'the replica could not be copied from the new primary', { instance: id, error: errorMessage(error) });
+      })
+      .finally(() => { managed.replicaRestartPending = false; });
+  }
+
+  /**
    * Copies the running primary into the replica's folder (low-level backup API) and starts it streaming.
    * A port and password are saved before anything is made, so a retry after a crash midway reuses them.
    */
@@ -475,8 +493,12 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
     const { port, password } = managed.stored.replica!;
     const { data } = replicaPaths(managed.stored, port);
     const copy = `${data}.copy`;
+    managed.replicaCopyFailed = false;
+    log('info', 'copying the primary into a new replica', { instance: managed.stored.id, port });
     const client = await runningPrimary(managed);
     try {
+      // Bounded: a copy that waits on a lock or a checkpoint this long fails, and says so, rather than hang the instance's queue.
+      await client.query("SET statement_timeout = '10min'");
       await prepareReplication(client, serverPaths(managed.stored).data, password);
       await rm(copy, { recursive: true, force: true });
       await makePrivateDir(dirname(data), runAs);
@@ -900,10 +922,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       await stopped;
       startBlue(managed);
       // The replica streamed from the old server: it is copied afresh from the new one, after this call answers.
-      if (managed.stored.replica) {
-        managed.replicaRestartPending = true;
-        void serialized(id, () => seedReplica(managed).finally(() => { managed.replicaRestartPending = false; }));
-      }
+      reseedReplicaLater(managed);
       return blueGreenView(managed);
     }),
 
@@ -999,10 +1018,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       // The slots and publication the upgrade's subscriptions used, left detached by the cutover.
       await cleanupSource(blue);
       // The replica was copied from the new server after the cutover: it is copied afresh from the old one, after this call answers.
-      if (managed.stored.replica) {
-        managed.replicaRestartPending = true;
-        void serialized(id, () => seedReplica(managed).finally(() => { managed.replicaRestartPending = false; }));
-      }
+      reseedReplicaLater(managed);
       return blueGreenView(managed);
     }),
 
