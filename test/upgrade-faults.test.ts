@@ -171,6 +171,12 @@ describe('a fault at each step of an upgrade', () => {
       return JSON.stringify(sums) === JSON.stringify(before) ? (await client.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0].v : undefined;
     }), 60_000);
     expect(onReplica).toBe(db.database.version);
+    // The old server did not archive while it followed the new one: a fresh base backup of it restarts the recovery window.
+    const fresh = await eventually(async () => {
+      const { backups } = (await api.get(`/databases/${db.id}/backups`)).body as { backups: { kind: string; status: string; version: string; startedAt: string }[] };
+      return backups.find((b) => b.kind === 'post_upgrade' && b.status === 'completed' && b.startedAt >= operation.finishedAt!);
+    }, 120_000);
+    expect(fresh.version).toBe(db.database.version);
   }, 900_000);
 
   it('faulted every forward step', () => {

@@ -91,10 +91,12 @@ const backupAfter = { restore: 'post_restore', upgrade: 'post_upgrade' } as cons
 /**
  * After a restore or an upgrade succeeded, a fresh base backup: restored data runs on a new WAL timeline,
  * an upgraded server on new binaries, so point-in-time recovery to instants after it starts from a base
- * taken then. Runs once per operation.
+ * taken then. The same after a major upgrade rolled back after its cutover: the old server did not archive
+ * while it followed the new one, so its WAL has a gap no replay crosses. Runs once per operation.
  */
-export async function backupAfterChange(deps: Deps, change: Pick<Operation, 'id' | 'databaseId' | 'kind' | 'status' | 'finishedAt'>) {
-  if (!(change.kind === 'restore' || change.kind === 'upgrade') || change.status !== 'succeeded' || !change.finishedAt) return undefined;
+export async function backupAfterChange(deps: Deps, change: Pick<Operation, 'id' | 'databaseId' | 'kind' | 'status' | 'finishedAt' | 'result'>) {
+  const rolledBackAfterCutover = change.kind === 'upgrade' && change.status === 'rolled_back' && change.result?.cutoverAt !== undefined;
+  if (!(change.kind === 'restore' || change.kind === 'upgrade') || !(change.status === 'succeeded' || rolledBackAfterCutover) || !change.finishedAt) return undefined;
   const kind = backupAfter[change.kind];
   const database = await deps.store.getDatabase(change.databaseId);
   if (database?.status !== 'running') return undefined;
