@@ -738,6 +738,8 @@ export function createBackupService(options: BackupServiceOptions) {
     let gone: string | undefined;
     void exited.then((how) => { gone = how; });
     let lastReplayed: string | undefined;
+    const started = Date.now();
+    let promotedMs: number | undefined;
     try {
       const deadline = Date.now() + recoveryTimeoutMs;
       for (;;) {
@@ -751,6 +753,7 @@ export function createBackupService(options: BackupServiceOptions) {
             'SELECT pg_is_in_recovery() AS recovering, pg_last_xact_replay_timestamp() AS replayed');
           if (!recovering) {
             lastReplayed = replayed?.toISOString();
+            promotedMs = Date.now() - started;
             break;
           }
         } catch {
@@ -769,6 +772,8 @@ export function createBackupService(options: BackupServiceOptions) {
       }
       scratchServers.delete(child);
     }
+    // Where a recovery's time goes: up to the promotion (the sync of the unpacked files, replay), then the clean stop.
+    log('info', 'scratch server recovered and stopped', { what, promotedMs, stoppedMs: Date.now() - started - promotedMs! });
     return lastReplayed;
   }
 
