@@ -105,7 +105,9 @@ async function handle(request: IncomingMessage, response: ServerResponse): Promi
 }
 
 export async function startHttpApi(port: number): Promise<{ server: Server; url: string; close(): Promise<void> }> {
-  const server = createServer((request, response) => void handle(request, response));
+  // Idle connections are kept well past a client's own keep-alive (fetch: ~4 s). With Node's default of 5 s, a
+  // client reusing one at the moment the server closed it saw ECONNRESET (the backup bench, after 5 s of other work).
+  const server = createServer({ keepAliveTimeout: 65_000 }, (request, response) => void handle(request, response));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, '127.0.0.1', () => resolve());
