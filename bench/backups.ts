@@ -73,9 +73,13 @@ try {
         lateral (select string_agg(md5(random()::text || s::text || g::text), '') as body from generate_series(1, 32) s) x`, [done + 1, Math.min(rows, done + 100_000)]);
     }
   });
+  // At rest before anything is measured: the freshly loaded table vacuumed now, not by autovacuum during one of the
+  // backups below (a run saw ~130 MB of its WAL inside dbplane's backup, replayed by that restore alone: 6 s of 12).
+  await client.query('vacuum (analyze) blobs');
   // The server's own port (the database URL names its gateway): its socket is where the agent keeps it.
   const { rows: [{ port: serverPort }] } = await client.query<{ port: string }>('SHOW port');
   await client.end();
+  run(join(pgBin, 'psql'), ['-h', join(dataDir, 'agent', 'sockets', serverPort), '-p', serverPort, '-U', adminRole, '-d', 'postgres', '-c', 'CHECKPOINT'], {});
   const instanceData = join(dataDir, 'agent', 'instances', database.id, 'data');
   const dataBytes = duBytes(instanceData);
   lines.push(`# dbplane backup bench — ${new Date().toISOString()} — ${cpus().length} × ${cpus()[0]?.model}, node ${process.version}`);
