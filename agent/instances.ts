@@ -466,7 +466,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
 
   /**
    * After the current call (a cutover or its rollback moved the primary): the replica is copied afresh from the new
-   * primary. Until then it reads as `starting`; if the copy fails it is gone, which fails the operation's replica check.
+   * primary. Until then it reads as `starting`; if the copy fails it reads as `failed`, which fails the operation's replica check.
    */
   function reseedReplicaLater(managed: Managed): void {
     if (!managed.stored.replica) return;
@@ -518,7 +518,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
   /** Until the replica runs and streams with less than `maxLagBytes` to replay; false at the deadline or once it failed. */
   async function replicaCaughtUp(managed: Managed, maxLagBytes: number, timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline && managed.replica?.state().status !== 'failed') {
+    while (Date.now() < deadline && !managed.replicaCopyFailed && managed.replica?.state().status !== 'failed') {
       if (managed.replica?.state().status === 'running') {
         const lag = (await viewWithNodes(managed)).nodes?.find((n) => n.role === 'replica')?.lagBytes;
         if (lag !== undefined && lag <= maxLagBytes) return true;
