@@ -338,9 +338,8 @@ export function createBackupService(options: BackupServiceOptions) {
       const label = `dbplane ${meta.job.id}`;
       await client.query(major >= 15 ? 'SELECT pg_backup_start($1, true)' : 'SELECT pg_start_backup($1, true, false)', [label]);
       // 1 MiB records: with 512-byte ones (-b 1) tar made a write per block, ~30 s of system time per 2 GB here.
-      // tar and zstd run niced: they yield the CPU to the server's clients and to pg_dump, a backup's longest part.
-      const tar = spawn('nice', [
-        '-n', '10', 'tar', '-c', '-b', '2048', '-f', '-', '-C', instance.paths.data,
+      const tar = spawn('tar', [
+        '-c', '-b', '2048', '-f', '-', '-C', instance.paths.data,
         ...emptiedDirs.map((d) => `--exclude=./${d}/*`),
         '--exclude=./postmaster.pid', '--exclude=./postmaster.opts', '--exclude=./backup_label', '--exclude=./tablespace_map',
         '--exclude=./dbplane.conf', '--exclude=./recovery.signal', '--exclude=./standby.signal',
@@ -373,7 +372,7 @@ export function createBackupService(options: BackupServiceOptions) {
       // The dump runs beside the base backup (pg_dump compresses in its own process: the other core). In
       // the same job: either failing fails the backup, and finishBackup removes both objects.
       const dumpWith = pgDump(major);
-      const zstd = spawn('nice', ['-n', '10', 'zstd', '-1', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      const zstd = spawn('zstd', ['-1', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
       children.push(tar, zstd);
       const compressed = outputOf(zstd, 'zstd', pipeline(tar.stdout!, appender, zstd.stdin!));
       const started = performance.now();
