@@ -16,6 +16,7 @@ import {
 } from '#core/agent-api.ts';
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
 import { chunkBytes, createDecryptor, createEncryptor } from '../agent/backups/crypto.ts';
+import { TarAppender, tarEntry } from '../agent/backups/tar.ts';
 import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 
@@ -174,6 +175,46 @@ describe('backup encryption', () => {
 
     expect((await openLegacy(true)).toString()).toBe('sealed before objects were bound to their names');
     await expect(openLegacy(false)).rejects.toThrow(/bk-old: sealed without its name/);
+  });
+});
+
+describe('tar stream appender', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'dbplane-tar-'));
+    await mkdir(join(dir, 'data', 'base'), { recursive: true });
+    // A file whose data ends in zero blocks, like a relation file's unwritten pages: no end-of-archive marker.
+    await writeFile(join(dir, 'data', 'base', '16384'), Buffer.concat([randomBytes(1000), Buffer.alloc(8192)]));
+    await writeFile(join(dir, 'data', 'empty'), '');
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  /** GNU tar's archive with 1 MiB records, fed through in odd pieces (headers cut across them), then untarred. */
+  async function appendAndExtract(into: string, pieceBytes: number): Promise<void> {
+    const archive = execFileSync('tar', ['-c', '-b', '2048', '-f', '-', '-C', join(dir, 'data'), '.']);
+    const pieces = Array.from({ length: Math.ceil(archive.length / pieceBytes) }, (_, i) => archive.subarray(i * pieceBytes, (i + 1) * pieceBytes));
+    const owner = { uid: process.getuid!(), gid: process.getgid!() };
+    const appended = await buffer(Readable.from(pieces).pipe(new TarAppender(async () => [tarEntry('./backup_label', Buffer.from('label'), owner)])));
+    await mkdir(into);
+    execFileSync('tar', ['-x', '-f', '-', '-C', into], { input: appended });
+  }
+
+  it('drops tar\'s end-of-archive marker and record padding, keeps data ending in zeros, and appends entries', async () => {
+    for (const pieceBytes of [777, 65536]) {
+      const into = join(dir, `out-${pieceBytes}`);
+      await appendAndExtract(into, pieceBytes);
+      expect((await readFile(join(into, 'base', '16384'))).equals(await readFile(join(dir, 'data', 'base', '16384')))).toBe(true);
+      expect(await readFile(join(into, 'backup_label'), 'utf8')).toBe('label');
+      expect((await stat(join(into, 'empty'))).size).toBe(0);
+    }
+  });
+
+  it('fails a stream without an end-of-archive marker, or with data after it', async () => {
+    const owner = { uid: 0, gid: 0 };
+    const entry = tarEntry('./a', Buffer.from('a'), owner);
+    const through = (bytes: Buffer) => buffer(Readable.from([bytes]).pipe(new TarAppender(async () => [])));
+    await expect(through(entry)).rejects.toThrow(/did not end with an end-of-archive marker/);
+    await expect(through(Buffer.concat([entry, Buffer.alloc(1024), entry]))).rejects.toThrow(/data after its end-of-archive marker/);
   });
 });
 

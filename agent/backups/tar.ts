@@ -30,31 +30,68 @@ export function tarEntry(name: string, content: Buffer, owner: { uid: number; gi
 
 export const tarTrailer = (): Buffer => Buffer.alloc(trailerBytes);
 
+/** An entry's data length as its header gives it (octal, or base-256 past 8 GiB), padded to whole blocks. */
+function paddedDataBytes(header: Buffer): number {
+  const field = header.subarray(124, 136);
+  let size = 0;
+  if (field[0]! & 0x80) {
+    for (let i = 1; i < field.length; i++) size = size * 256 + field[i]!;
+  } else {
+    size = parseInt(field.toString('ascii').replace(/[\0 ]+$/, '').trim() || '0', 8);
+  }
+  if (!Number.isSafeInteger(size) || size < 0) throw new Error('a tar header has an unreadable size');
+  return Math.ceil(size / block) * block;
+}
+
+const isZero = (bytes: Buffer) => bytes.every((byte) => byte === 0);
+
 /**
- * Passes a tar stream written with a 512-byte record (`tar -b 1`, so it ends with exactly two zero
- * blocks) through without its end-of-archive marker, then appends what `finish` returns (more
- * entries) and a new marker: one archive, with files known only once the first part was read.
+ * Passes a tar stream through without its end-of-archive marker, then appends what `finish` returns (more
+ * entries) and a new marker: one archive, with files known only once the first part was read. The marker is
+ * found by walking the entries' headers, so tar may write large records (it pads the last one with zeros,
+ * and a file's own data may end in zero blocks too): the first all-zero block where a header is due ends it.
  */
 export class TarAppender extends Transform {
-  private held: Buffer = Buffer.alloc(0);
+  /** The start of a header cut by a chunk boundary: held until it is whole. */
+  private held: Buffer | undefined;
+  /** Bytes of the current entry's data still to pass. */
+  private dataLeft = 0;
+  private ended = false;
 
   constructor(private readonly finish: () => Promise<Buffer[]>) {
     super();
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    const all = Buffer.concat([this.held, chunk]);
-    if (all.length > trailerBytes) {
-      this.push(all.subarray(0, all.length - trailerBytes));
-      this.held = Buffer.from(all.subarray(all.length - trailerBytes));
-    } else {
-      this.held = all;
+    const bytes = this.held ? Buffer.concat([this.held, chunk]) : chunk;
+    this.held = undefined;
+    let at = 0;
+    while (at < bytes.length && !this.ended) {
+      if (this.dataLeft > 0) {
+        const step = Math.min(this.dataLeft, bytes.length - at);
+        at += step;
+        this.dataLeft -= step;
+      } else if (bytes.length - at < block) {
+        this.held = Buffer.from(bytes.subarray(at));
+        break;
+      } else {
+        const header = bytes.subarray(at, at + block);
+        if (isZero(header)) {
+          this.ended = true; // what follows must be zeros: the marker's second block and the record's padding
+          break;
+        }
+        this.dataLeft = paddedDataBytes(header);
+        at += block;
+      }
     }
+    if (this.ended && at < bytes.length && !isZero(bytes.subarray(at))) return callback(new Error('the tar stream has data after its end-of-archive marker'));
+    const passed = this.held ? bytes.length - this.held.length : at;
+    if (passed > 0) this.push(bytes.subarray(0, passed));
     callback();
   }
 
   override _flush(callback: TransformCallback): void {
-    if (this.held.length !== trailerBytes || this.held.some((byte) => byte !== 0)) {
+    if (!this.ended) {
       callback(new Error('the tar stream did not end with an end-of-archive marker'));
       return;
     }
