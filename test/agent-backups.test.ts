@@ -489,7 +489,7 @@ describe('agent backups and restores', () => {
       }
     }, 60_000);
 
-    it('serves the dump with format=dump: pg_restore lists the table and restores the rows into a fresh server', async () => {
+    it('serves the dump with format=dump (gzip level 1): pg_restore lists the table and restores the rows into a fresh server', async () => {
       const response = await fetch(dumpUrl(dumpDb, withDump, 'dump'));
 
       expect(response.status).toBe(200);
@@ -497,7 +497,9 @@ describe('agent backups and restores', () => {
       expect(response.headers.get('content-disposition')).toBe(`attachment; filename="${dumpDb}-${withDump}.dump"`);
       const dumpFile = join(tempDir, 'download.dump');
       await pipeline(Readable.fromWeb(response.body as never), (await open(dumpFile, 'w')).createWriteStream());
-      expect(execFileSync(pgRestore15, ['-l', dumpFile], { encoding: 'utf8' })).toMatch(/TABLE public notes /);
+      const listing = execFileSync(pgRestore15, ['-l', dumpFile], { encoding: 'utf8' });
+      expect(listing).toMatch(/TABLE public notes /);
+      expect(listing, 'gzip level 1, not pg_dump\'s default 6').toMatch(/^;\s+Compression: 1$/m);
       expect(execFileSync(pgRestore15, ['-f', '-', dumpFile], { encoding: 'utf8' })).toContain(`2\t${distinctive}`);
       // A fresh server (of another major: a dump restores into a newer one) gets the rows back.
       await call('PUT', '/v1/instances/dump-copy', { ...spec, dataKey: undefined });

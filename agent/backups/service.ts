@@ -410,14 +410,16 @@ export function createBackupService(options: BackupServiceOptions) {
   }
 
   /**
-   * `pg_dump -Fc` of the instance's database, as the admin role over its unix socket (as the server's
+   * `pg_dump -Fc -Z1` of the instance's database, as the admin role over its unix socket (as the server's
    * user when the agent is root), sealed with the backup's key into every zone. A pg_dump that exits
    * non-zero fails the source stream, so the store keeps nothing of it.
    */
   async function dumpDatabase(binary: string, instance: HostedInstance, meta: BackupMeta, key: Buffer): Promise<PutResult> {
     const { databaseId: id } = meta.job;
     const child = spawn(binary, [
-      '--format=custom', '--no-password', `--host=${instance.paths.socket}`, `--port=${instance.port}`,
+      // gzip level 1 rather than pg_dump's default 6: ~3x less CPU (17.6 s → 6.0 s for a 558 MB table of
+      // hex text here) for a 2.5 % larger dump; pg_dump's compression was most of a backup's time.
+      '--format=custom', '--compress=1', '--no-password', `--host=${instance.paths.socket}`, `--port=${instance.port}`,
       `--username=${adminRole}`, `--dbname=${instance.spec.database}`,
     ], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/', env: { PATH: process.env.PATH, LC_ALL: 'C.UTF-8' }, ...(runAs ?? {}) });
     try {
