@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { pointInTimeBase, retentionExpiries } from '../functions/core/backups.ts';
+import { branchesOf, pointInTimeBase, retentionExpiries } from '../functions/core/backups.ts';
 import { findPlan } from '../functions/core/catalog.ts';
-import type { Backup } from '../functions/core/model.ts';
+import type { Backup, Operation } from '../functions/core/model.ts';
 
 const starter = findPlan('starter-512')!.backupPolicy; // 7 daily, 4 weekly, 0 monthly, PITR 7 days, 5 manual
 const business = findPlan('business-1024')!.backupPolicy; // 7 daily, 8 weekly, 12 monthly, PITR 14 days
@@ -85,6 +85,16 @@ describe('the base backup for an instant', () => {
 
   it('takes that backup for an instant before the restore, on the branch that was live then', () => {
     expect(pointInTimeBase([base, undo], [branch], '2026-11-02T10:11:30.000Z')?.id).toBe('undo');
+  });
+
+  it('still knows the branch once the backup it restored has been pruned', () => {
+    const restore = {
+      kind: 'restore', status: 'succeeded', finishedAt: branch.finishedAt,
+      input: { into: 'same', sourceDatabaseId: 'db', sourceBackupId: 'base', restoredTo: base.consistentAt, backupId: 'undo' },
+    } as unknown as Operation;
+
+    expect(branchesOf([restore], [undo])).toEqual([branch]);
+    expect(pointInTimeBase([undo], branchesOf([restore], [undo]), '2026-11-02T10:20:00.000Z')).toBeUndefined();
   });
 
   it('takes a backup made after the restore, on its new branch', () => {

@@ -26,6 +26,8 @@ export const RestoreInput = z.object({
   sourceDatabaseId: z.string(),
   sourceBackupId: z.string(),
   pointInTime: z.string().optional(),
+  /** The instant the data goes back to (the pointInTime, or the source backup's consistent point): kept here, as that backup may be pruned later. */
+  restoredTo: z.string().optional(),
   /** The undo backup a restore in place takes first. */
   backupId: z.string().optional(),
 }).loose();
@@ -222,7 +224,8 @@ export async function requestRestore(deps: BackupDeps, caller: Caller, idOrName:
   requireDataKey(database);
   const base = await restoreBase(deps, database, request);
   const at = (deps.now ?? (() => new Date()))().toISOString();
-  const input = { sourceDatabaseId: database.id, sourceBackupId: base.id, ...(request.pointInTime ? { pointInTime: new Date(request.pointInTime).toISOString() } : {}) };
+  const pointInTime = request.pointInTime ? new Date(request.pointInTime).toISOString() : undefined;
+  const input = { sourceDatabaseId: database.id, sourceBackupId: base.id, restoredTo: pointInTime ?? base.consistentAt, ...(pointInTime ? { pointInTime } : {}) };
 
   if (request.into === 'same') {
     const operation = newOperation(database.id, caller.accountId, 'restore', {}, at);
@@ -275,11 +278,12 @@ export interface Branch {
 }
 
 /** The branches the database's restores in place started (each one a new timeline). */
-function branchesOf(operations: Operation[], backups: Backup[]): Branch[] {
+export function branchesOf(operations: Operation[], backups: Backup[]): Branch[] {
   return operations.flatMap((op) => {
     if (op.kind !== 'restore' || op.status !== 'succeeded' || !op.finishedAt) return [];
     const input = RestoreInput.parse(op.input);
-    const restoredTo = input.pointInTime ?? backups.find((b) => b.id === input.sourceBackupId)?.consistentAt;
+    // Restores recorded before `restoredTo` was: from their source backup, while it is kept.
+    const restoredTo = input.restoredTo ?? input.pointInTime ?? backups.find((b) => b.id === input.sourceBackupId)?.consistentAt;
     return input.into === 'same' && restoredTo ? [{ restoredTo, finishedAt: op.finishedAt }] : [];
   });
 }
