@@ -59,8 +59,9 @@ export async function dropReplication(client: pg.Client): Promise<void> {
  */
 export async function copyPrimary(client: pg.Client, major: number, primaryData: string, into: string, runAs: RunAs | undefined): Promise<void> {
   await client.query(major >= 15 ? 'SELECT pg_backup_start($1, true)' : 'SELECT pg_start_backup($1, true, false)', ['dbplane replica']);
-  const reader = spawn('tar', ['-c', '-f', '-', '-C', primaryData, ...excluded, '.'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const writer = spawn('tar', ['-x', '-f', '-', '-C', into], { stdio: ['pipe', 'ignore', 'pipe'], ...(runAs ?? {}) });
+  // 1 MiB records rather than tar's 10 KiB: `tar -c | cat | tar -x` of 1.2 GB took 1.0 s instead of 1.9–2.5 s here.
+  const reader = spawn('tar', ['-c', '-b', '2048', '-f', '-', '-C', primaryData, ...excluded, '.'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const writer = spawn('tar', ['-x', '-b', '2048', '-f', '-', '-C', into], { stdio: ['pipe', 'ignore', 'pipe'], ...(runAs ?? {}) });
   const results = await Promise.allSettled([
     pipeline(reader.stdout!, writer.stdin!),
     // 1: a file changed while read, which the WAL replayed from backup start repairs.
