@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { dirname } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
@@ -32,14 +31,13 @@ const stopTimeoutMs = 15_000;
 
 /** Starts the agent as a child process (its own process group) and resolves once it listens. */
 export async function spawnAgent({ dataDir, secret, port = 0, faults = false, masterKeyFile, backupDir, retiredSweepMs }: SpawnAgentOptions): Promise<AgentProcess> {
-  const tsx = fileURLToPath(new URL('../node_modules/.bin/tsx', import.meta.url));
-  const child = spawn(tsx, [fileURLToPath(new URL('./main.ts', import.meta.url))], {
+  // node itself, not the tsx CLI: the CLI relays signals and SIGKILLs a child that takes over 30 ms to answer one,
+  // which on a loaded machine cut the agent's own stop (its servers left behind).
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), fileURLToPath(new URL('./main.ts', import.meta.url))], {
     detached: true,
     stdio: ['ignore', 'pipe', 'inherit'],
     env: {
       ...process.env,
-      // tsx starts with `#!/usr/bin/env node`: run it on the same node as the caller.
-      PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`,
       DBPLANE_AGENT_DATA_DIR: dataDir,
       DBPLANE_AGENT_SECRET: secret,
       DBPLANE_AGENT_PORT: String(port),

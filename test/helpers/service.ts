@@ -9,7 +9,7 @@ import { createInterface } from 'node:readline';
 const root = resolve(import.meta.dirname, '../..');
 
 export async function startService(dataDir: string) {
-  const child = spawn(join(root, 'node_modules/.bin/tsx'), ['local/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'local/main.ts'], {
     cwd: root,
     detached: true,
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -36,15 +36,8 @@ export async function startService(dataDir: string) {
       process.kill(-child.pid!, 'SIGINT');
       await exited;
     },
-    /**
-     * The service dies at once; its children (DynamoDB Local, the agent) do not get to clean up.
-     * tsx runs the service in a child node process: kill that one, then the wrapper.
-     */
+    /** The service dies at once; its children (DynamoDB Local, the agent) do not get to clean up. */
     async kill() {
-      const children = readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-      const service = children.find((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('local/main.ts'));
-      if (service === undefined) throw new Error('the service process was not found under tsx');
-      process.kill(service, 'SIGKILL');
       process.kill(child.pid!, 'SIGKILL');
       await exited;
     },
