@@ -16,7 +16,7 @@ import {
 } from '#core/agent-api.ts';
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
 import { chunkBytes, createDecryptor, createEncryptor } from '../agent/backups/crypto.ts';
-import { TarAppender, tarEntry } from '../agent/backups/tar.ts';
+import { TarJoiner, tarEntry, tarTrailer } from '../agent/backups/tar.ts';
 import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 
@@ -178,7 +178,7 @@ describe('backup encryption', () => {
   });
 });
 
-describe('tar stream appender', () => {
+describe('tar joiner', () => {
   let dir: string;
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'dbplane-tar-'));
@@ -189,32 +189,35 @@ describe('tar stream appender', () => {
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
-  /** GNU tar's archive with 1 MiB records, fed through in odd pieces (headers cut across them), then untarred. */
-  async function appendAndExtract(into: string, pieceBytes: number): Promise<void> {
-    const archive = execFileSync('tar', ['-c', '-b', '2048', '-f', '-', '-C', join(dir, 'data'), '.']);
-    const pieces = Array.from({ length: Math.ceil(archive.length / pieceBytes) }, (_, i) => archive.subarray(i * pieceBytes, (i + 1) * pieceBytes));
+  /** As a backup stores it: GNU tar's archive with 1 MiB records, then one of entries known after; joined in odd pieces (headers cut across them), then untarred. */
+  async function joinAndExtract(into: string, pieceBytes: number): Promise<void> {
     const owner = { uid: process.getuid!(), gid: process.getgid!() };
-    const appended = await buffer(Readable.from(pieces).pipe(new TarAppender(async () => [tarEntry('./backup_label', Buffer.from('label'), owner)])));
+    const archive = Buffer.concat([
+      execFileSync('tar', ['-c', '-b', '2048', '-f', '-', '-C', join(dir, 'data'), '.']),
+      tarEntry('./backup_label', Buffer.from('label'), owner), tarTrailer(),
+    ]);
+    const pieces = Array.from({ length: Math.ceil(archive.length / pieceBytes) }, (_, i) => archive.subarray(i * pieceBytes, (i + 1) * pieceBytes));
+    const joined = await buffer(Readable.from(pieces).pipe(new TarJoiner()));
+    expect(joined.length).toBeLessThan(archive.length); // the first archive's marker and record padding are gone
     await mkdir(into);
-    execFileSync('tar', ['-x', '-f', '-', '-C', into], { input: appended });
+    execFileSync('tar', ['-x', '-f', '-', '-C', into], { input: joined });
   }
 
-  it('drops tar\'s end-of-archive marker and record padding, keeps data ending in zeros, and appends entries', async () => {
+  it('makes one archive of archives in a row, for a plain tar -x: keeps data ending in zeros, drops the markers between', async () => {
     for (const pieceBytes of [777, 65536]) {
       const into = join(dir, `out-${pieceBytes}`);
-      await appendAndExtract(into, pieceBytes);
+      await joinAndExtract(into, pieceBytes);
       expect((await readFile(join(into, 'base', '16384'))).equals(await readFile(join(dir, 'data', 'base', '16384')))).toBe(true);
       expect(await readFile(join(into, 'backup_label'), 'utf8')).toBe('label');
       expect((await stat(join(into, 'empty'))).size).toBe(0);
     }
   });
 
-  it('fails a stream without an end-of-archive marker, or with data after it', async () => {
-    const owner = { uid: 0, gid: 0 };
-    const entry = tarEntry('./a', Buffer.from('a'), owner);
-    const through = (bytes: Buffer) => buffer(Readable.from([bytes]).pipe(new TarAppender(async () => [])));
+  it('fails a stream that does not end with an end-of-archive marker', async () => {
+    const entry = tarEntry('./a', Buffer.from('a'), { uid: 0, gid: 0 });
+    const through = (bytes: Buffer) => buffer(Readable.from([bytes]).pipe(new TarJoiner()));
     await expect(through(entry)).rejects.toThrow(/did not end with an end-of-archive marker/);
-    await expect(through(Buffer.concat([entry, Buffer.alloc(1024), entry]))).rejects.toThrow(/data after its end-of-archive marker/);
+    await expect(through(Buffer.concat([entry, tarTrailer(), entry]))).rejects.toThrow(/did not end with an end-of-archive marker/);
   });
 });
 

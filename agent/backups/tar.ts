@@ -46,27 +46,27 @@ function paddedDataBytes(header: Buffer): number {
 const isZero = (bytes: Buffer) => bytes.every((byte) => byte === 0);
 
 /**
- * Passes a tar stream through without its end-of-archive marker, then appends what `finish` returns (more
- * entries) and a new marker: one archive, with files known only once the first part was read. The marker is
- * found by walking the entries' headers, so tar may write large records (it pads the last one with zeros,
- * and a file's own data may end in zero blocks too): the first all-zero block where a header is due ends it.
+ * Passes tar archives that follow one another in a stream through as one archive: every end-of-archive
+ * marker and record padding between them is dropped, and one marker ends the whole. A backup's archive is
+ * stored that way (the data directory as GNU tar wrote it, then backup_label and the WAL, known only after):
+ * `tar -x --ignore-zeros` reads it as it is, a plain `tar -x` needs it joined. Markers are found by walking the
+ * entries' headers (a file's own data may end in zero blocks): zero blocks where a header is due.
  */
-export class TarAppender extends Transform {
+export class TarJoiner extends Transform {
   /** The start of a header cut by a chunk boundary: held until it is whole. */
   private held: Buffer | undefined;
   /** Bytes of the current entry's data still to pass. */
   private dataLeft = 0;
-  private ended = false;
-
-  constructor(private readonly finish: () => Promise<Buffer[]>) {
-    super();
-  }
+  /** Whether the last block where a header was due held zeros: an archive ended there, maybe not the last. */
+  private atMarker = false;
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     const bytes = this.held ? Buffer.concat([this.held, chunk]) : chunk;
     this.held = undefined;
     let at = 0;
-    while (at < bytes.length && !this.ended) {
+    /** Where the bytes not yet pushed start: zero blocks at a header position are skipped, not pushed. */
+    let from = 0;
+    while (at < bytes.length) {
       if (this.dataLeft > 0) {
         const step = Math.min(this.dataLeft, bytes.length - at);
         at += step;
@@ -77,28 +77,27 @@ export class TarAppender extends Transform {
       } else {
         const header = bytes.subarray(at, at + block);
         if (isZero(header)) {
-          this.ended = true; // what follows must be zeros: the marker's second block and the record's padding
-          break;
+          if (at > from) this.push(bytes.subarray(from, at));
+          at += block;
+          from = at;
+          this.atMarker = true;
+        } else {
+          this.atMarker = false;
+          this.dataLeft = paddedDataBytes(header);
+          at += block;
         }
-        this.dataLeft = paddedDataBytes(header);
-        at += block;
       }
     }
-    if (this.ended && at < bytes.length && !isZero(bytes.subarray(at))) return callback(new Error('the tar stream has data after its end-of-archive marker'));
-    const passed = this.held ? bytes.length - this.held.length : at;
-    if (passed > 0) this.push(bytes.subarray(0, passed));
+    if (at > from) this.push(bytes.subarray(from, at));
     callback();
   }
 
   override _flush(callback: TransformCallback): void {
-    if (!this.ended) {
+    if (!this.atMarker || this.held || this.dataLeft > 0) {
       callback(new Error('the tar stream did not end with an end-of-archive marker'));
       return;
     }
-    this.finish().then((entries) => {
-      for (const entry of entries) this.push(entry);
-      this.push(tarTrailer());
-      callback();
-    }, (error: Error) => callback(error));
+    this.push(tarTrailer());
+    callback();
   }
 }
