@@ -15,7 +15,7 @@ import { connect } from '../test/helpers/databases.ts';
 /**
  * `npm run bench:backups`: on this machine, in one run, with a database of BENCH_BACKUP_MB (default
  * 1100) MB of incompressible rows on PostgreSQL 15 (so Debian's pg_dump 15 can dump it):
- *  1. backup (API call to a completed backup: encrypted, three copies) vs a raw tar of the data directory (pg_wal's segments left out, as a base backup does) to one file;
+ *  1. backup (API call to a completed backup: encrypted, three copies) vs a raw tar of the data directory (pg_wal's segments left out, as a base backup does) to one file, fsynced;
  *  2. restore into a new database (API call to running) vs a raw physical restore: untar of a plain base
  *     backup (`pg_basebackup -Ft -X fetch`, Debian's PostgreSQL 15 toolset) and `pg_ctl start -w` on it
  *     (it replays the backup's WAL, then accepts connections); and vs a bare untar of the first tar;
@@ -94,9 +94,12 @@ try {
   // Raw: tar of the data directory into one file (what a backup reads), then untar it.
   const tarFile = join(scratch, 'raw.tar');
   // Exit 1 is GNU tar's "file changed as we read it": a live server's files do (the backup tolerates it too).
+  // Then the file is made durable (coreutils `sync FILE`: an fsync), as pg_basebackup and pg_dump do with their output
+  // by default, and as a dbplane backup does before it is completed: a copy still in the page cache is not a backup yet.
   function rawTar(file: string): void {
     const tar = spawnSync('tar', ['-cf', file, '--exclude=./pg_wal/*', '-C', instanceData, '.']);
     if (tar.status !== 0 && tar.status !== 1) throw new Error(`tar: ${tar.stderr}`);
+    execFileSync('sync', [file]);
   }
   execFileSync('sync');
   const [, rawTarMs] = await timed(() => rawTar(tarFile));
@@ -218,7 +221,7 @@ try {
 
   lines.push('\n| what | time | throughput (data directory bytes without pg_wal / time) | ratio vs raw |');
   lines.push('|---|---|---|---|');
-  lines.push(`| raw tar of the data directory (without pg_wal's segments) to one file | ${seconds(rawTarMs)} | ${rate(dataBytes, rawTarMs)} | 1 |`);
+  lines.push(`| raw tar of the data directory (without pg_wal's segments) to one file, fsynced | ${seconds(rawTarMs)} | ${rate(dataBytes, rawTarMs)} | 1 |`);
   if (physicalMs !== undefined) {
     lines.push(`| raw physical restore: untar of a plain base backup (pg_basebackup -Ft -X fetch) + pg_ctl start -w on it (median of ${all(physicalRuns)}) | ${seconds(physicalMs)} | ${rate(dataBytes, physicalMs)} | 1 |`);
     lines.push(`| dbplane restore into a new database (API → running: read a good copy, decrypt, untar, recover, start; median of ${all(restoreRuns)}) | ${seconds(restoreMs)} | ${rate(dataBytes, restoreMs)} | ${(physicalMs / restoreMs).toFixed(2)}× |`);
@@ -226,7 +229,7 @@ try {
   lines.push(`| bare untar of the raw tar above (no WAL replay, no server start: not a restore, a floor) | ${seconds(rawUntarMs)} | ${rate(dataBytes, rawUntarMs)} | 1 |`);
   lines.push(`| dbplane restore vs that bare untar | ${seconds(restoreMs)} | ${rate(dataBytes, restoreMs)} | ${(rawUntarMs / restoreMs).toFixed(2)}× |`);
   const rawBackupMs = median(rawBackupRuns);
-  const rawWhat = rawDump ? `raw tar of the data directory + raw pg_dump -Fc -Z1 (${(dumpBytes / 1e6).toFixed(0)} MB), one after the other` : 'raw tar of the data directory (no Debian PostgreSQL 15 toolset: no raw pg_dump)';
+  const rawWhat = rawDump ? `raw tar of the data directory (fsynced) + raw pg_dump -Fc -Z1 (${(dumpBytes / 1e6).toFixed(0)} MB, fsynced by pg_dump), one after the other` : 'raw tar of the data directory (no Debian PostgreSQL 15 toolset: no raw pg_dump)';
   lines.push(`| ${rawWhat} (median of ${all(rawBackupRuns)}) | ${seconds(rawBackupMs)} | ${rate(dataBytes, rawBackupMs)} | 1 |`);
   lines.push(`| dbplane backup (API → completed: tar + zstd -1 + AES-256-GCM, and its pg_dump beside it; 3 copies of each written and read back; median of ${all(backupRuns)}) | ${seconds(backupMs)} | ${rate(dataBytes, backupMs)} | **${(rawBackupMs / backupMs).toFixed(2)}×** |`);
   if (defaultDumpMs !== undefined) {
