@@ -27,13 +27,14 @@ export function apiClient(baseUrl: string, token?: string) {
     post: <T = any>(path: string, body?: unknown, headers?: Record<string, string>) => call<T>('POST', path, body, { 'idempotency-key': randomUUID(), ...headers }),
     delete: <T = any>(path: string, headers?: Record<string, string>) => call<T>('DELETE', path, undefined, headers),
     /** Polls an operation until it has finished. */
-    async waitForOperation(id: string, timeoutMs = 60_000): Promise<any> {
+    /** Polls until the operation finished; a bench polls less often (`intervalMs`), as its polls share the machine. */
+    async waitForOperation(id: string, timeoutMs = 60_000, intervalMs = 100): Promise<any> {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const { body } = await call('GET', `/operations/${id}`);
         if (body?.finishedAt) return body;
         if (Date.now() > deadline) throw new Error(`operation ${id} did not finish: ${JSON.stringify(body)}`);
-        await new Promise((r) => setTimeout(r, 100));
+        await new Promise((r) => setTimeout(r, intervalMs));
       }
     },
   };
