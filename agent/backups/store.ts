@@ -26,8 +26,8 @@ export type Verify = 'while' | 'before' | 'sealed';
 
 /**
  * Stands in for one S3 bucket per availability zone: a folder per zone under `root`. Each object is
- * written to every zone (temp file, fsync, rename), then read back and hashed, copy by copy, so a copy
- * is reported good only when what is on disk is what was sent.
+ * written to every zone (temp file, fsync, rename), and each copy is read back and hashed as it is flushed,
+ * so a copy is reported good only when what is on disk is what was sent.
  */
 export class ObjectStore {
   constructor(readonly root: string) {}
@@ -41,13 +41,22 @@ export class ObjectStore {
     const suffix = `.tmp-${randomBytes(6).toString('hex')}`;
     const targets = await Promise.all(zones.map(async (zone) => {
       const path = this.path(zone, key);
+      const target = { zone, path, handle: undefined as FileHandle | undefined, reader: undefined as FileHandle | undefined, error: undefined as string | undefined };
       try {
         await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-        return { zone, path, handle: await open(`${path}${suffix}`, 'w', 0o600) as FileHandle | undefined, error: undefined as string | undefined };
+        target.handle = await open(`${path}${suffix}`, 'w', 0o600);
+        // Its own descriptor to read the copy back with (the same file once renamed).
+        target.reader = await open(`${path}${suffix}`, 'r');
       } catch (error) {
-        return { zone, path, handle: undefined, error: errorMessage(error) };
+        await target.handle?.close().catch(() => undefined);
+        target.handle = undefined;
+        target.error = errorMessage(error);
       }
+      return target;
     }));
+    const readers = targets.filter((t) => t.reader !== undefined).map((t) => ({ path: t.path, handle: t.reader! }));
+    // Each copy is read back as it is flushed, not all at the end: the end of a backup waits only for the last piece.
+    const readBack = new SideBySideHash(readers);
     const hash = createHash('sha256');
     let sizeBytes = 0;
     // The copies go to disk while the source still produces (a pg_dump takes tens of seconds), one copy at a
@@ -84,18 +93,21 @@ export class ObjectStore {
         await writeBatch();
         if (unflushed >= flushBytes && !flushing) {
           unflushed = 0;
+          const flushedBytes = sizeBytes;
           flushing = (async () => {
             for (const t of targets) await t.handle?.datasync().catch(() => undefined); // the final sync reports
+            await readBack.readTo(flushedBytes);
           })().finally(() => { flushing = undefined; });
         }
       }
       await writeBatch();
       await flushing;
     } catch (error) {
-      await flushing;
+      await flushing?.catch(() => undefined);
       await Promise.all(targets.map(async (t) => {
         await t.handle?.close().catch(() => undefined);
-        await rm(`${t.path}${suffix}`, { force: true });
+        await t.reader?.close().catch(() => undefined);
+        await rm(`${t.path}${suffix}`, { force: true }).catch(() => undefined); // a zone gone bad may refuse this too
       }));
       throw error;
     }
@@ -110,13 +122,18 @@ export class ObjectStore {
         return t.path;
       } catch (error) {
         log('error', 'could not store a copy', { object: key, zone: t.zone, error: errorMessage(error) });
-        await rm(`${t.path}${suffix}`, { force: true });
+        await rm(`${t.path}${suffix}`, { force: true }).catch(() => undefined); // a zone gone bad may refuse this too
         return undefined;
       }
     }));
-    const readBack = await sha256sOf(written.filter((path) => path !== undefined));
+    let digests: Map<string, string | Error>;
+    try {
+      digests = await readBack.digests();
+    } finally {
+      await Promise.all(readers.map((r) => r.handle.close().catch(() => undefined)));
+    }
     const copies = targets.map((t, i): StoredCopy => {
-      const digest = written[i] === undefined ? undefined : readBack.get(written[i]);
+      const digest = written[i] === undefined ? undefined : digests.get(written[i]);
       if (digest instanceof Error) log('error', 'could not read a copy back', { object: key, zone: t.zone, error: digest.message });
       return typeof digest === 'string' ? { zone: t.zone, sha256: digest, ok: digest === sha256 } : { zone: t.zone, sha256: '', ok: false };
     });
@@ -230,47 +247,79 @@ export async function sha256Of(path: string): Promise<string> {
   return digest;
 }
 
-/**
- * The SHA-256 of each file (or why it could not be read), in one pass over them side by side. Copies of one
- * object are the same bytes unless one went bad: while a file's pieces equal the first one's (a memcmp) it
- * shares that hash; from the piece where it differs, it goes on with a copy of the hash state as it was. Three
- * good copies cost one hash, not three. Each file is read into one buffer, over and over: a fresh 1 MiB buffer
- * per read is a fresh mapping to fault in (crypto.ts).
- */
+/** The SHA-256 of each file (or why it could not be read), in one pass over them side by side (see SideBySideHash). */
 export async function sha256sOf(paths: string[]): Promise<Map<string, string | Error>> {
   const results = new Map<string, string | Error>();
   const files = (await Promise.all(paths.map(async (path) => {
     try {
-      return { path, handle: await open(path, 'r'), buffer: Buffer.allocUnsafe(readBytes), piece: Buffer.alloc(0), own: undefined as Hash | undefined };
+      return { path, handle: await open(path, 'r') };
     } catch (error) {
       results.set(path, error as Error);
       return undefined;
     }
   }))).filter((file) => file !== undefined);
-  const shared = createHash('sha256');
   try {
-    for (let reading = files; reading.length > 0;) {
-      await Promise.all(reading.map(async (file) => {
-        try {
-          file.piece = file.buffer.subarray(0, (await file.handle.read(file.buffer, 0, readBytes)).bytesRead);
-        } catch (error) {
-          results.set(file.path, error as Error);
-        }
-      }));
-      reading = reading.filter((file) => !results.has(file.path));
-      const sharing = reading.filter((file) => !file.own);
-      for (const file of sharing.slice(1)) if (!file.piece.equals(sharing[0].piece)) file.own = shared.copy();
-      if (sharing.length > 0) shared.update(sharing[0].piece);
-      for (const file of reading) {
-        if (file.own) file.own.update(file.piece);
-        if (file.piece.length === 0) results.set(file.path, (file.own ?? shared.copy()).digest('hex'));
-      }
-      reading = reading.filter((file) => file.piece.length > 0);
-    }
+    for (const [path, digest] of await new SideBySideHash(files).digests()) results.set(path, digest);
   } finally {
     await Promise.all(files.map((file) => file.handle.close().catch(() => undefined)));
   }
   return results;
+}
+
+/**
+ * Hashes open files side by side, from their start, as far as asked each time. Copies of one object are the same
+ * bytes unless one went bad: while a file's pieces equal the first one's (a memcmp) it shares that hash; from the
+ * piece where it differs, it goes on with a copy of the hash state as it was. Three good copies cost one hash, not
+ * three. Each file is read into one buffer, over and over: a fresh 1 MiB buffer per read is a fresh mapping to
+ * fault in (crypto.ts).
+ */
+class SideBySideHash {
+  private readonly shared = createHash('sha256');
+  private readonly results = new Map<string, string | Error>();
+  private readonly files: { path: string; handle: FileHandle; buffer: Buffer; piece: Buffer; position: number; own?: Hash }[];
+
+  constructor(files: { path: string; handle: FileHandle }[]) {
+    this.files = files.map((file) => ({ ...file, buffer: Buffer.allocUnsafe(readBytes), piece: Buffer.alloc(0), position: 0 }));
+  }
+
+  /** Reads every file on to byte `end`; a file that ends before it (cut short) is hashed as it is. */
+  async readTo(end = Infinity): Promise<void> {
+    for (let reading = this.going().filter((file) => file.position < end); reading.length > 0;) {
+      await Promise.all(reading.map(async (file) => {
+        try {
+          const { bytesRead } = await file.handle.read(file.buffer, 0, Math.min(readBytes, end - file.position), file.position);
+          file.piece = file.buffer.subarray(0, bytesRead);
+          file.position += bytesRead;
+        } catch (error) {
+          this.results.set(file.path, error as Error);
+        }
+      }));
+      reading = reading.filter((file) => !this.results.has(file.path));
+      // The shared hash takes the piece of one file that read one; a file sharing it that read something else, or
+      // nothing this time (not where the others are any more), goes on with its own.
+      const sharing = this.going().filter((file) => !file.own);
+      const leader = sharing.find((file) => reading.includes(file));
+      for (const file of sharing) {
+        if (file !== leader && (!leader || !reading.includes(file) || !file.piece.equals(leader.piece))) file.own = this.shared.copy();
+      }
+      if (leader) this.shared.update(leader.piece);
+      for (const file of reading) {
+        if (file.own) file.own.update(file.piece);
+        if (file.piece.length === 0) this.results.set(file.path, (file.own ?? this.shared.copy()).digest('hex'));
+      }
+      reading = reading.filter((file) => file.piece.length > 0 && file.position < end);
+    }
+  }
+
+  /** Reads every file to its end: the SHA-256 of each, or why it could not be read. */
+  async digests(): Promise<Map<string, string | Error>> {
+    await this.readTo();
+    return this.results;
+  }
+
+  private going() {
+    return this.files.filter((file) => !this.results.has(file.path));
+  }
 }
 
 /** Passes bytes through, hashing them; fails at the end when their SHA-256 is not `expected`. */
