@@ -268,7 +268,7 @@ export async function sha256sOf(paths: string[]): Promise<Map<string, string | E
 
 /**
  * Hashes open files side by side, from their start, as far as asked each time. Copies of one object are the same
- * bytes unless one went bad: while a file's pieces equal the first one's (a memcmp) it shares that hash; from the
+ * bytes unless one went bad: while a file's pieces equal the others' (a memcmp) it shares their hash; from the
  * piece where it differs, it goes on with a copy of the hash state as it was. Three good copies cost one hash, not
  * three. Each file is read into one buffer, over and over: a fresh 1 MiB buffer per read is a fresh mapping to
  * fault in (crypto.ts).

@@ -26,7 +26,6 @@ export function apiClient(baseUrl: string, token?: string) {
     get: <T = any>(path: string) => call<T>('GET', path),
     post: <T = any>(path: string, body?: unknown, headers?: Record<string, string>) => call<T>('POST', path, body, { 'idempotency-key': randomUUID(), ...headers }),
     delete: <T = any>(path: string, headers?: Record<string, string>) => call<T>('DELETE', path, undefined, headers),
-    /** Polls an operation until it has finished. */
     /** Polls until the operation finished; a bench polls less often (`intervalMs`), as its polls share the machine. */
     async waitForOperation(id: string, timeoutMs = 60_000, intervalMs = 100): Promise<any> {
       const deadline = Date.now() + timeoutMs;
