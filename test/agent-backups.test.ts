@@ -482,6 +482,7 @@ describe('agent backups and restores', () => {
       expect(dump.copies.map((c) => c.zone)).toEqual(['zone-a', 'zone-b', 'zone-c']);
       expect(dump.copies.every((c) => c.ok && c.sha256 === dump.sha256)).toBe(true);
       expect(dump.sha256).not.toBe(job.sha256);
+      expect(dump.compression).toBe('zstd');
       for (const zone of ['zone-a', 'zone-b', 'zone-c']) {
         const stored = await readFile(dumpObject(zone, dumpDb, withDump));
         expect(stored.length).toBe(dump.sizeBytes);
@@ -492,7 +493,7 @@ describe('agent backups and restores', () => {
       }
     }, 60_000);
 
-    it('serves the dump with format=dump (gzip level 1): pg_restore lists the table and restores the rows into a fresh server', async () => {
+    it('serves the dump with format=dump (decompressed: a plain custom-format archive): pg_restore lists the table and restores the rows into a fresh server', async () => {
       const response = await fetch(dumpUrl(dumpDb, withDump, 'dump'));
 
       expect(response.status).toBe(200);
@@ -502,7 +503,7 @@ describe('agent backups and restores', () => {
       await pipeline(Readable.fromWeb(response.body as never), (await open(dumpFile, 'w')).createWriteStream());
       const listing = execFileSync(pgRestore15, ['-l', dumpFile], { encoding: 'utf8' });
       expect(listing).toMatch(/TABLE public notes /);
-      expect(listing, 'gzip level 1, not pg_dump\'s default 6').toMatch(/^;\s+Compression: 1$/m);
+      expect(listing, 'pg_dump -Z0: zstd compressed it at rest').toMatch(/^;\s+Compression: 0$/m);
       expect(execFileSync(pgRestore15, ['-f', '-', dumpFile], { encoding: 'utf8' })).toContain(`2\t${distinctive}`);
       // A fresh server (of another major: a dump restores into a newer one) gets the rows back.
       await call('PUT', '/v1/instances/dump-copy', { ...spec, dataKey: undefined });

@@ -228,7 +228,11 @@ export const BackupJob = z.object({
    * A pg_dump (custom format) taken with the backup where this host has a pg_dump at least as new as
    * the server: what a user restores with pg_restore. Its own snapshot, a moment after the base backup.
    */
-  logicalDump: z.object({ sizeBytes: z.number().int(), sha256: z.string(), copies: z.array(BackupCopy) }).optional(),
+  logicalDump: z.object({
+    sizeBytes: z.number().int(), sha256: z.string(), copies: z.array(BackupCopy),
+    /** `zstd`: an uncompressed pg_dump archive, stored zstd-compressed; absent: pg_dump compressed it itself (older backups). */
+    compression: z.literal('zstd').optional(),
+  }).optional(),
   keyVersion: z.number().int().optional(),
   /** Why it failed. */
   reason: z.string().optional(),
