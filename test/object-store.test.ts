@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ObjectStore, sha256sOf, zones } from '../agent/backups/store.ts';
+import { ObjectStore, sha256Of, zones } from '../agent/backups/store.ts';
 
 let dir: string;
 beforeAll(async () => {
@@ -16,29 +16,14 @@ afterAll(async () => {
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
-describe('sha256sOf (copies read back side by side)', () => {
-  // Over three read pieces (1 MiB each), so copies can part ways in the middle.
-  const original = randomBytes(3 * 1024 * 1024 + 12_345);
-
-  it('gives every file its own SHA-256, whether it matches the others, differs in one byte, is cut short, longer, or missing', async () => {
-    const flipped = Buffer.from(original);
-    flipped[2 * 1024 * 1024 + 7] ^= 0xff;
-    const files: Record<string, Buffer> = {
-      same: original,
-      sameAgain: original,
-      flipped,
-      short: original.subarray(0, 1024 * 1024),
-      longer: Buffer.concat([original, Buffer.from('tail')]),
-      empty: Buffer.alloc(0),
-    };
-    // The first file is the one the others are compared with: each order must give the same answers.
-    for (const first of Object.keys(files)) {
-      const names = [first, ...Object.keys(files).filter((name) => name !== first)];
-      for (const name of names) await writeFile(join(dir, name), files[name]);
-      const digests = await sha256sOf([...names.map((name) => join(dir, name)), join(dir, 'missing')]);
-      for (const name of names) expect(digests.get(join(dir, name)), `${name}, compared with ${first}`).toBe(sha256(files[name]));
-      expect(digests.get(join(dir, 'missing'))).toMatchObject({ code: 'ENOENT' });
-    }
+describe('sha256Of', () => {
+  it('hashes a file over several read pieces, an empty one, and refuses a missing one', async () => {
+    const body = randomBytes(3 * 1024 * 1024 + 12_345);
+    await writeFile(join(dir, 'body'), body);
+    await writeFile(join(dir, 'empty'), '');
+    expect(await sha256Of(join(dir, 'body'))).toBe(sha256(body));
+    expect(await sha256Of(join(dir, 'empty'))).toBe(sha256(Buffer.alloc(0)));
+    await expect(sha256Of(join(dir, 'missing'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 });
 
@@ -52,43 +37,75 @@ describe('ObjectStore.put', () => {
 });
 
 describe('ObjectStore.put, copies that go bad while written', () => {
-  /** Flips one byte of the copy being written in `zone` (its temp file). */
-  async function flip(store: ObjectStore, zone: string, key: string, offset: number) {
+  /** Opens the copy being written in `zone` (its temp file) on its own descriptor. */
+  async function tempOf(store: ObjectStore, zone: string, key: string) {
     const path = store.path(zone, key);
     const temp = (await readdir(dirname(path))).find((name) => name.startsWith('one.tmp-'))!;
-    const file = await open(join(dirname(path), temp), 'r+');
+    return open(join(dirname(path), temp), 'r+');
+  }
+  /** Flips one byte of the copy being written in `zone`. */
+  async function flip(store: ObjectStore, zone: string, key: string, offset: number) {
+    const file = await tempOf(store, zone, key);
     const byte = Buffer.alloc(1);
     await file.read(byte, 0, 1, offset);
     byte[0] ^= 0xff;
     await file.write(byte, 0, 1, offset);
     await file.close();
   }
-
-  it('reports a copy altered before its first flush and one altered between two flushes (64 MiB apart) bad, with their own SHA-256', async () => {
-    const store = new ObjectStore(join(dir, 'altered'));
-    const key = 'db/base/one';
-    const mib = 1024 * 1024;
+  /** Writes `mib` MiB of random data into a store, calling `meddle` after each MiB is written (i: its index). */
+  async function putWith(store: ObjectStore, key: string, mib: number, meddle: (i: number) => Promise<void>) {
     const sent: Buffer[] = [];
     async function* source() {
-      for (let i = 0; i < 140; i++) {
-        const piece = randomBytes(mib);
+      for (let i = 0; i < mib; i++) {
+        const piece = randomBytes(1024 * 1024);
         sent.push(piece);
         yield piece;
         // Back here, the piece is written: every copy holds i + 1 MiB.
-        if (i === 2) await flip(store, 'zone-b', key, 10);
-        if (i === 100) await flip(store, 'zone-c', key, 99 * mib + 5);
+        await meddle(i);
       }
     }
     const result = await store.put(key, source());
-    const body = Buffer.concat(sent);
+    return { result, body: Buffer.concat(sent) };
+  }
+  const onDisk = async (store: ObjectStore, zone: string, key: string) => sha256(await readFile(store.path(zone, key)));
+
+  it('reports a copy altered before its first flush and one altered between two flushes bad, with their own SHA-256', async () => {
+    const store = new ObjectStore(join(dir, 'altered'));
+    const key = 'db/base/one';
+    const mib = 1024 * 1024;
+    const { result, body } = await putWith(store, key, 140, async (i) => {
+      if (i === 2) await flip(store, 'zone-b', key, 10);
+      if (i === 100) await flip(store, 'zone-c', key, 99 * mib + 5);
+    });
     expect(result.sha256).toBe(sha256(body));
-    const onDisk = async (zone: string) => sha256(await readFile(store.path(zone, key)));
     expect(result.copies).toEqual([
       { zone: 'zone-a', sha256: sha256(body), ok: true },
-      { zone: 'zone-b', sha256: await onDisk('zone-b'), ok: false },
-      { zone: 'zone-c', sha256: await onDisk('zone-c'), ok: false },
+      { zone: 'zone-b', sha256: await onDisk(store, 'zone-b', key), ok: false },
+      { zone: 'zone-c', sha256: await onDisk(store, 'zone-c', key), ok: false },
     ]);
-    expect(await onDisk('zone-b')).not.toBe(sha256(body));
+    expect(await onDisk(store, 'zone-b', key)).not.toBe(sha256(body));
+  });
+
+  it('reports a copy cut short once written and one grown past the end bad, with their own SHA-256', async () => {
+    const store = new ObjectStore(join(dir, 'resized'));
+    const key = 'db/base/one';
+    const { result, body } = await putWith(store, key, 70, async (i) => {
+      if (i === 69) {
+        const file = await tempOf(store, 'zone-a', key);
+        await file.truncate(10 * 1024 * 1024);
+        await file.close();
+      }
+      if (i === 50) {
+        const file = await tempOf(store, 'zone-c', key);
+        await file.write(Buffer.from('past the end'), 0, 12, 200 * 1024 * 1024);
+        await file.close();
+      }
+    });
+    expect(result.copies).toEqual([
+      { zone: 'zone-a', sha256: await onDisk(store, 'zone-a', key), ok: false },
+      { zone: 'zone-b', sha256: sha256(body), ok: true },
+      { zone: 'zone-c', sha256: await onDisk(store, 'zone-c', key), ok: false },
+    ]);
   });
 
   it('reports a zone that cannot be written bad, and the others good', async () => {

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -26,8 +26,8 @@ export type Verify = 'while' | 'before' | 'sealed';
 
 /**
  * Stands in for one S3 bucket per availability zone: a folder per zone under `root`. Each object is
- * written to every zone (temp file, fsync, rename), and each copy is read back and hashed as it is flushed,
- * so a copy is reported good only when what is on disk is what was sent.
+ * written to every zone (temp file, fsync, rename), and each copy is read back as it is flushed and compared
+ * with what was written, so a copy is reported good only when what is on disk is what was sent.
  */
 export class ObjectStore {
   constructor(readonly root: string) {}
@@ -54,9 +54,9 @@ export class ObjectStore {
       }
       return target;
     }));
-    const readers = targets.filter((t) => t.reader !== undefined).map((t) => ({ path: t.path, handle: t.reader! }));
     // Each copy is read back as it is flushed, not all at the end: the end of a backup waits only for the last piece.
-    const readBack = new SideBySideHash(readers);
+    const written = new WrittenBytes();
+    const readBack = new ReadBack(targets.filter((t) => t.reader !== undefined).map((t) => ({ path: t.path, handle: t.reader! })), written);
     const hash = createHash('sha256');
     let sizeBytes = 0;
     // The copies go to disk while the source still produces (a pg_dump takes tens of seconds), one copy at a
@@ -87,11 +87,14 @@ export class ObjectStore {
         hash.update(chunk);
         sizeBytes += chunk.length;
         batch.push(chunk);
+        written.add(chunk);
         batchedBytes += chunk.length;
         if (batchedBytes < batchBytes) continue;
         unflushed += batchedBytes;
         await writeBatch();
-        if (unflushed >= flushBytes && !flushing) {
+        if (unflushed >= flushBytes) {
+          // One flush at a time: what is kept for the read-back stays bounded when the disk is slower than the source.
+          await flushing;
           unflushed = 0;
           const flushedBytes = sizeBytes;
           flushing = (async () => {
@@ -112,7 +115,7 @@ export class ObjectStore {
       throw error;
     }
     const sha256 = hash.digest('hex');
-    const written = await Promise.all(targets.map(async (t): Promise<string | undefined> => {
+    const stored = await Promise.all(targets.map(async (t): Promise<string | undefined> => {
       try {
         if (!t.handle) throw new Error(t.error ?? 'not written');
         await t.handle.sync();
@@ -126,17 +129,21 @@ export class ObjectStore {
         return undefined;
       }
     }));
-    let digests: Map<string, string | Error>;
+    let problems: Map<string, string>;
     try {
-      digests = await readBack.digests();
+      problems = await readBack.readTo(sizeBytes, true);
     } finally {
-      await Promise.all(readers.map((r) => r.handle.close().catch(() => undefined)));
+      await Promise.all(targets.map((t) => t.reader?.close().catch(() => undefined)));
     }
-    const copies = targets.map((t, i): StoredCopy => {
-      const digest = written[i] === undefined ? undefined : digests.get(written[i]);
-      if (digest instanceof Error) log('error', 'could not read a copy back', { object: key, zone: t.zone, error: digest.message });
-      return typeof digest === 'string' ? { zone: t.zone, sha256: digest, ok: digest === sha256 } : { zone: t.zone, sha256: '', ok: false };
-    });
+    const copies = await Promise.all(targets.map(async (t, i): Promise<StoredCopy> => {
+      const path = stored[i];
+      if (path === undefined) return { zone: t.zone, sha256: '', ok: false };
+      const problem = problems.get(path);
+      if (!problem) return { zone: t.zone, sha256, ok: true };
+      log('error', 'a copy does not read back as written', { object: key, zone: t.zone, problem });
+      // Rare: what the bad copy holds, for the record.
+      return { zone: t.zone, sha256: await sha256Of(path).catch(() => ''), ok: false };
+    }));
     return { sha256, sizeBytes, copies };
   }
 
@@ -239,86 +246,96 @@ const readBytes = 1024 * 1024;
 
 const batchBytes = 1024 * 1024;
 /** Written to disk in the background every so many bytes of an object (see put). */
-const flushBytes = 64 * 1024 * 1024;
+const flushBytes = 32 * 1024 * 1024;
 
 export async function sha256Of(path: string): Promise<string> {
-  const digest = (await sha256sOf([path])).get(path)!;
-  if (digest instanceof Error) throw digest;
-  return digest;
+  const hash = createHash('sha256');
+  const handle = await open(path, 'r');
+  try {
+    const buffer = Buffer.allocUnsafe(readBytes); // one buffer, read into over and over (see ReadBack)
+    for (let bytesRead; ({ bytesRead } = await handle.read(buffer, 0, readBytes, null)).bytesRead > 0;) hash.update(buffer.subarray(0, bytesRead));
+  } finally {
+    await handle.close();
+  }
+  return hash.digest('hex');
 }
 
-/** The SHA-256 of each file (or why it could not be read), in one pass over them side by side (see SideBySideHash). */
-export async function sha256sOf(paths: string[]): Promise<Map<string, string | Error>> {
-  const results = new Map<string, string | Error>();
-  const files = (await Promise.all(paths.map(async (path) => {
-    try {
-      return { path, handle: await open(path, 'r') };
-    } catch (error) {
-      results.set(path, error as Error);
-      return undefined;
-    }
-  }))).filter((file) => file !== undefined);
-  try {
-    for (const [path, digest] of await new SideBySideHash(files).digests()) results.set(path, digest);
-  } finally {
-    await Promise.all(files.map((file) => file.handle.close().catch(() => undefined)));
+/** What put wrote and has not read back from every copy yet, by position in the object. */
+class WrittenBytes {
+  private pieces: Buffer[] = [];
+  /** Where each piece starts in the object. */
+  private starts: number[] = [];
+  private end = 0;
+
+  add(piece: Buffer): void {
+    this.pieces.push(piece);
+    this.starts.push(this.end);
+    this.end += piece.length;
   }
-  return results;
+
+  /** Whether `data`, read at `position`, is what was written there. */
+  equals(position: number, data: Buffer): boolean {
+    if (position + data.length > this.end) return false;
+    let i = this.pieceAt(position);
+    for (let at = 0; at < data.length; i++) {
+      const piece = this.pieces[i].subarray(position + at - this.starts[i]);
+      const length = Math.min(piece.length, data.length - at);
+      if (!piece.subarray(0, length).equals(data.subarray(at, at + length))) return false;
+      at += length;
+    }
+    return true;
+  }
+
+  /** The index of the piece that holds byte `position` (a binary search: thousands of pieces may be kept). */
+  private pieceAt(position: number): number {
+    let [low, high] = [0, this.starts.length - 1];
+    while (low < high) {
+      const middle = Math.ceil((low + high) / 2);
+      if (this.starts[middle] <= position) low = middle;
+      else high = middle - 1;
+    }
+    return low;
+  }
+
+  /** Lets go of the pieces that end at or before `position`. */
+  dropTo(position: number): void {
+    let n = 0;
+    while (n < this.pieces.length && this.starts[n] + this.pieces[n].length <= position) n++;
+    this.pieces.splice(0, n);
+    this.starts.splice(0, n);
+  }
 }
 
 /**
- * Hashes open files side by side, from their start, as far as asked each time. Copies of one object are the same
- * bytes unless one went bad: while a file's pieces equal the others' (a memcmp) it shares their hash; from the
- * piece where it differs, it goes on with a copy of the hash state as it was. Three good copies cost one hash, not
- * three. Each file is read into one buffer, over and over: a fresh 1 MiB buffer per read is a fresh mapping to
- * fault in (crypto.ts).
+ * Reads copies back as far as asked each time and compares them with what was written (a memcmp: cheaper than
+ * hashing each copy, and exact). Each file is read into one buffer, over and over: a fresh 1 MiB buffer per read is
+ * a fresh mapping to fault in (crypto.ts).
  */
-class SideBySideHash {
-  private readonly shared = createHash('sha256');
-  private readonly results = new Map<string, string | Error>();
-  private readonly files: { path: string; handle: FileHandle; buffer: Buffer; piece: Buffer; position: number; own?: Hash }[];
+class ReadBack {
+  private readonly problems = new Map<string, string>();
+  private readonly files: { path: string; handle: FileHandle; buffer: Buffer; position: number }[];
 
-  constructor(files: { path: string; handle: FileHandle }[]) {
-    this.files = files.map((file) => ({ ...file, buffer: Buffer.allocUnsafe(readBytes), piece: Buffer.alloc(0), position: 0 }));
+  constructor(files: { path: string; handle: FileHandle }[], private readonly written: WrittenBytes) {
+    this.files = files.map((file) => ({ ...file, buffer: Buffer.allocUnsafe(readBytes), position: 0 }));
   }
 
-  /** Reads every file on to byte `end`; a file that ends before it (cut short) is hashed as it is. */
-  async readTo(end = Infinity): Promise<void> {
-    for (let reading = this.going().filter((file) => file.position < end); reading.length > 0;) {
-      await Promise.all(reading.map(async (file) => {
-        try {
+  /** Reads every good copy on to byte `end` (`last`: and checks it ends there); what went wrong, by path. */
+  async readTo(end: number, last = false): Promise<Map<string, string>> {
+    await Promise.all(this.files.map(async (file) => {
+      try {
+        while (!this.problems.has(file.path) && file.position < end) {
           const { bytesRead } = await file.handle.read(file.buffer, 0, Math.min(readBytes, end - file.position), file.position);
-          file.piece = file.buffer.subarray(0, bytesRead);
+          if (bytesRead === 0) this.problems.set(file.path, `cut short at byte ${file.position} of ${end}`);
+          else if (!this.written.equals(file.position, file.buffer.subarray(0, bytesRead))) this.problems.set(file.path, `differs in bytes ${file.position}–${file.position + bytesRead}`);
           file.position += bytesRead;
-        } catch (error) {
-          this.results.set(file.path, error as Error);
         }
-      }));
-      reading = reading.filter((file) => !this.results.has(file.path));
-      // The shared hash takes the piece of one file that read one; a file sharing it that read something else, or
-      // nothing this time (not where the others are any more), goes on with its own.
-      const sharing = this.going().filter((file) => !file.own);
-      const leader = sharing.find((file) => reading.includes(file));
-      for (const file of sharing) {
-        if (file !== leader && (!leader || !reading.includes(file) || !file.piece.equals(leader.piece))) file.own = this.shared.copy();
+        if (last && !this.problems.has(file.path) && (await file.handle.stat()).size !== end) this.problems.set(file.path, `longer than the ${end} bytes written`);
+      } catch (error) {
+        this.problems.set(file.path, errorMessage(error));
       }
-      if (leader) this.shared.update(leader.piece);
-      for (const file of reading) {
-        if (file.own) file.own.update(file.piece);
-        if (file.piece.length === 0) this.results.set(file.path, (file.own ?? this.shared.copy()).digest('hex'));
-      }
-      reading = reading.filter((file) => file.piece.length > 0 && file.position < end);
-    }
-  }
-
-  /** Reads every file to its end: the SHA-256 of each, or why it could not be read. */
-  async digests(): Promise<Map<string, string | Error>> {
-    await this.readTo();
-    return this.results;
-  }
-
-  private going() {
-    return this.files.filter((file) => !this.results.has(file.path));
+    }));
+    this.written.dropTo(end);
+    return this.problems;
   }
 }
 

@@ -178,7 +178,7 @@ export const RestoreId = z.string().regex(/^op-[a-z0-9]{26}$/);
 /** One stored copy of an object, in one zone (an S3 bucket in AWS; a folder locally). */
 export const BackupCopy = z.object({
   zone: z.string(),
-  /** SHA-256 of the stored (encrypted) bytes of this copy, as read back after writing. */
+  /** SHA-256 of the stored (encrypted) bytes of this copy: the object's when it read back as written, else its own. */
   sha256: z.string(),
   ok: z.boolean(),
 });
