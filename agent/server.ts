@@ -243,13 +243,16 @@ function routes({ host, installs, instances, backups, diskQuotas, faults }: Agen
       path: /^\/v1\/downloads\/(?<id>[^/]+)\/(?<backupId>[^/]+)$/,
       auth: 'signature',
       methods: {
-        GET: async ({ id, backupId }, _, { query }) => {
+        GET: async ({ id, backupId }, _, { query, req }) => {
           const download = await backups.download(
             parse(InstanceId, id, '/id'), parse(BackupId, backupId, '/backupId'), query.get('expires'), query.get('signature'),
-            parse(DownloadFormat, query.get('format') ?? 'base', '/query/format'));
+            parse(DownloadFormat, query.get('format') ?? 'base', '/query/format'), acceptsEncoding(req.headers['accept-encoding'], 'zstd'));
           return {
             status: 200,
-            headers: { 'content-type': download.contentType, 'content-disposition': `attachment; filename="${download.filename}"` },
+            headers: {
+              'content-type': download.contentType, 'content-disposition': `attachment; filename="${download.filename}"`, vary: 'accept-encoding',
+              ...(download.contentEncoding ? { 'content-encoding': download.contentEncoding } : {}),
+            },
             stream: (res) => download.open(res),
           };
         },
@@ -363,4 +366,15 @@ function sendProblem(res: ServerResponse, error: unknown, requestId: string, req
   }
   log('error', 'request failed', { requestId, method: req.method, url: req.url, error: errorMessage(error) });
   send(res, 500, { type: 'about:blank', title: 'Internal error', status: 500, detail: `see the agent log, request ${requestId}` }, 'application/problem+json');
+}
+
+/** Whether an Accept-Encoding header lists `coding` (or `*`) without `q=0` (RFC 9110, section 12.5.3). */
+export function acceptsEncoding(header: string | undefined, coding: string): boolean {
+  const listed = new Map((header ?? '').split(',').map((item) => {
+    const [name, ...params] = item.split(';').map((part) => part.trim().toLowerCase());
+    const q = params.find((param) => param.startsWith('q='));
+    return [name, q === undefined ? 1 : Number(q.slice(2))] as const;
+  }));
+  const q = listed.get(coding) ?? listed.get('*') ?? 0;
+  return q > 0;
 }

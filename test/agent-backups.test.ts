@@ -1,5 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { get as httpGet, type IncomingMessage } from 'node:http';
 import { chown, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +8,7 @@ import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { zstdDecompressSync } from 'node:zlib';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +21,7 @@ import { chunkBytes, createDecryptor, createEncryptor } from '../agent/backups/c
 import { TarJoiner, tarEntry, tarTrailer } from '../agent/backups/tar.ts';
 import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
+import { acceptsEncoding } from '../agent/server.ts';
 
 const secret = 'backup-test-secret';
 const password = 'backups are not optional';
@@ -516,6 +519,37 @@ describe('agent backups and restores', () => {
       // The base format is still the default, and still there for the same link.
       expect((await fetch(dumpUrl(dumpDb, withDump, 'base'))).headers.get('content-type')).toBe('application/x-tar');
     }, 60_000);
+
+    it('sends the dump as stored, with Content-Encoding: zstd, to a client that accepts zstd', async () => {
+      // node:http rather than fetch: fetch would decode the body before the test sees it.
+      const response = await new Promise<IncomingMessage>((resolve, reject) => {
+        httpGet(dumpUrl(dumpDb, withDump, 'dump'), { headers: { 'accept-encoding': 'gzip, zstd;q=0.5' } }, resolve).once('error', reject);
+      });
+      const body = await buffer(response);
+
+      expect(response.statusCode).toBe(200);
+      expect(response.headers['content-encoding']).toBe('zstd');
+      expect(response.headers.vary).toBe('accept-encoding');
+      expect(body.subarray(0, 4)).toEqual(Buffer.from([0x28, 0xb5, 0x2f, 0xfd])); // a zstd frame
+      const dumpFile = join(tempDir, 'download-decoded.dump');
+      await writeFile(dumpFile, zstdDecompressSync(body));
+      expect(execFileSync(pgRestore15, ['-f', '-', dumpFile], { encoding: 'utf8' })).toContain(`2\t${distinctive}`);
+      // Refused with q=0, and never for the tar: it is two archives joined when decompressed (TarJoiner).
+      for (const [format, accept] of [['dump', 'zstd;q=0, gzip'], ['base', 'zstd']]) {
+        const other = await fetch(dumpUrl(dumpDb, withDump, format), { headers: { 'accept-encoding': accept } });
+        expect(other.headers.get('content-encoding'), `${format} with ${accept}`).toBeNull();
+        await other.body?.cancel();
+      }
+    }, 60_000);
+
+    it('reads Accept-Encoding as RFC 9110 does: listed, or *, and not q=0', () => {
+      expect(acceptsEncoding('gzip, deflate, br, zstd', 'zstd')).toBe(true);
+      expect(acceptsEncoding('ZSTD;q=0.1', 'zstd')).toBe(true);
+      expect(acceptsEncoding('*', 'zstd')).toBe(true);
+      expect(acceptsEncoding('zstd;q=0, *', 'zstd')).toBe(false);
+      expect(acceptsEncoding('gzip, deflate', 'zstd')).toBe(false);
+      expect(acceptsEncoding(undefined, 'zstd')).toBe(false);
+    });
 
     it('fails the backup with pg_dump\'s reason when pg_dump fails, and keeps no object of it', async () => {
       const failing = ids('bk');

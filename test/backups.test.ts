@@ -197,7 +197,10 @@ describe('a backup of PostgreSQL 15, which this host can pg_dump', () => {
 
     const backup = await takeBackup(alice.api, 'dumped');
     const link = (await alice.api.get(`/databases/dumped/backups/${backup.id}/download`)).body;
-    const dump = Buffer.from(await (await fetch(link.url)).arrayBuffer());
+    // As the CLI asks for it: zstd accepted, sent as stored, decompressed by fetch as it arrives.
+    const response = await fetch(link.url, { headers: { 'accept-encoding': 'zstd, gzip, deflate' } });
+    expect(response.headers.get('content-encoding')).toBe('zstd');
+    const dump = Buffer.from(await response.arrayBuffer());
     const sql = execFileSync('/usr/lib/postgresql/15/bin/pg_restore', ['-f', '-'], { input: dump }).toString();
 
     expect(backup.logicalDump.copies.filter((c: { ok: boolean }) => c.ok)).toHaveLength(3);
