@@ -346,9 +346,7 @@ export function createBackupService(options: BackupServiceOptions) {
         '--exclude=./dbplane.conf', '--exclude=./recovery.signal', '--exclude=./standby.signal',
         '.',
       ], { stdio: ['ignore', 'pipe', 'pipe'] });
-      // tar writes straight into zstd: the uncompressed archive makes no trip through this process (its reads, pipe writes and GC).
-      const zstd = spawn('zstd', ['-1', '-c', '-q'], { stdio: [tar.stdout!, 'pipe', 'pipe'] });
-      tar.stdout!.destroy(); // zstd holds the pipe now
+      const zstd = zstdOf(tar);
       children.push(tar, zstd);
       const tarDone = exitOf(tar, 'tar', [0, 1]);
       const owner = runAs ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
@@ -420,9 +418,9 @@ export function createBackupService(options: BackupServiceOptions) {
   /**
    * `pg_dump -Fc -Z0 | zstd -1` of the instance's database, as the admin role over its unix socket (as the
    * server's user when the agent is root), sealed with the backup's key into every zone. pg_dump's own
-   * compression is gzip (zstd only from pg_dump 16), and it was most of a backup's time: -Z1 took 13.4 s for a
-   * 1.1 GB table of hex text here, -Z0 piped into zstd -1 4.1 s for a 13 % smaller file. A pg_dump that exits
-   * non-zero fails the source stream, so the store keeps nothing of it.
+   * compression is gzip (zstd only from pg_dump 16), and it was most of a backup's time: -Z0 piped into zstd -1
+   * is 2.6× faster than -Z1, for a 13 % smaller file (`npm run bench:backups`, bench/RESULTS.md). A pg_dump that
+   * exits non-zero fails the source stream, so the store keeps nothing of it.
    */
   async function dumpDatabase(binary: string, instance: HostedInstance, meta: BackupMeta, key: Buffer): Promise<PutResult> {
     const { databaseId: id } = meta.job;
@@ -430,8 +428,7 @@ export function createBackupService(options: BackupServiceOptions) {
       '--format=custom', '--compress=0', '--no-password', `--host=${instance.paths.socket}`, `--port=${instance.port}`,
       `--username=${adminRole}`, `--dbname=${instance.spec.database}`,
     ], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/', env: { PATH: process.env.PATH, LC_ALL: 'C.UTF-8' }, ...(runAs ?? {}) });
-    const zstd = spawn('zstd', ['-1', '-c', '-q'], { stdio: [dump.stdout!, 'pipe', 'pipe'] });
-    dump.stdout!.destroy(); // zstd holds the pipe now
+    const zstd = zstdOf(dump);
     try {
       const output = outputOf(zstd, 'zstd', exitOf(dump, 'pg_dump', [0]));
       return await putThrough(dumpKey(id, meta.job.id), output, createEncryptor(key, meta.wrappedKey.version, dumpKey(id, meta.job.id)));
@@ -937,6 +934,16 @@ async function connectAdmin(socketDir: string, port: number): Promise<pg.Client>
   client.on('error', () => undefined);
   await client.connect();
   return client;
+}
+
+/**
+ * `zstd -1` of what `producer` writes to its stdout: the command writes straight into zstd, so the uncompressed
+ * bytes make no trip through this process (its reads, pipe writes and GC).
+ */
+function zstdOf(producer: ChildProcess): ChildProcess {
+  const zstd = spawn('zstd', ['-1', '-c', '-q'], { stdio: [producer.stdout!, 'pipe', 'pipe'] });
+  producer.stdout!.destroy(); // zstd holds the pipe now
+  return zstd;
 }
 
 /**
