@@ -18,7 +18,8 @@ import { connect } from '../test/helpers/databases.ts';
  *  1. backup (API call to a completed backup: encrypted, three copies) vs a raw tar of the data directory (pg_wal's segments left out, as a base backup does) to one file, fsynced;
  *  2. restore into a new database (API call to running) vs a raw physical restore: untar of a plain base
  *     backup (`pg_basebackup -Ft -X fetch`, Debian's PostgreSQL 15 toolset) and `pg_ctl start -w` on it
- *     (it replays the backup's WAL, then accepts connections); and vs a bare untar of the first tar;
+ *     (it replays the backup's WAL, then accepts connections); vs the same through the agent's unpacking pipeline
+ *     (that base backup compressed with zstd -1, then `zstd -d | tar -x`: as item 3 compares backups); and vs a bare untar of the first tar;
  *  3. backup vs the same work done raw, one step after the other: the data directory's tar through zstd -1 to one
  *     file, then pg_dump -Fc -Z0 through zstd -1 to another (the agent's pipelines); vs the baseline before the agent
  *     piped its dump into zstd (a plain tar, then pg_dump -Fc -Z1); and, once, pg_dump -Fc at its default compression;
@@ -122,6 +123,12 @@ try {
     chmodSync(dirname(baseTar), 0o755);
     chmodSync(baseTar, 0o644);
   }
+  // The same base backup through zstd -1, for a raw restore through the agent's unpacking pipeline (zstd -d | tar -x).
+  const baseTarZst = baseTar && `${baseTar}.zst`;
+  if (baseTar) {
+    execFileSync('zstd', ['-1', '-q', baseTar, '-o', baseTarZst!]);
+    chmodSync(baseTarZst!, 0o644);
+  }
   async function rawPhysicalRestore(tar: string): Promise<number> {
     const physicalDir = join(scratch, 'physical');
     mkdirSync(physicalDir, { mode: 0o700 });
@@ -130,7 +137,8 @@ try {
     const options = `-c port=${await freePort()} -c unix_socket_directories=${physicalDir} -c listen_addresses='' -c archive_mode=off -c logging_collector=off`;
     execFileSync('sync');
     const [, ms] = await timed(() => {
-      run('tar', ['-xf', tar, '-C', physicalDir]);
+      if (tar.endsWith('.zst')) run('bash', ['-c', 'set -o pipefail; zstd -d -c -q "$0" | tar -x -b 2048 -f - -C "$1"', tar, physicalDir]);
+      else run('tar', ['-xf', tar, '-C', physicalDir]);
       run(join(pgBin, 'pg_ctl'), ['start', '-w', '-t', '600', '-D', physicalDir, '-l', join(physicalDir, 'server.log'), '-o', options]);
     });
     run(join(pgBin, 'pg_ctl'), ['stop', '-m', 'fast', '-D', physicalDir]);
@@ -227,9 +235,11 @@ try {
 
   // Alternated, several rounds, medians: the machine is shared, and one run of each varies by ±30 % here.
   const physicalRuns: number[] = [];
+  const physicalZstdRuns: number[] = [];
   const restoreRuns: number[] = [];
   for (let round = 1; round <= restoreRounds; round++) {
     if (baseTar) physicalRuns.push(await rawPhysicalRestore(baseTar));
+    if (baseTarZst) physicalZstdRuns.push(await rawPhysicalRestore(baseTarZst));
     restoreRuns.push(await dbplaneRestore(`big-restored-${round}`));
   }
   const physicalMs = physicalRuns.length > 0 ? median(physicalRuns) : undefined;
@@ -249,6 +259,9 @@ try {
   if (physicalMs !== undefined) {
     lines.push(`| raw physical restore: untar of a plain base backup (pg_basebackup -Ft -X fetch) + pg_ctl start -w on it (median of ${all(physicalRuns)}) | ${seconds(physicalMs)} | ${rate(dataBytes, physicalMs)} | 1 |`);
     lines.push(`| dbplane restore into a new database (API → running: read a good copy, decrypt, untar, recover, start; median of ${all(restoreRuns)}) | ${seconds(restoreMs)} | ${rate(dataBytes, restoreMs)} | ${(physicalMs / restoreMs).toFixed(2)}× |`);
+    const physicalZstdMs = median(physicalZstdRuns);
+    lines.push(`| raw physical restore through the agent's unpacking pipeline: the same base backup compressed with zstd -1, \`zstd -d \\| tar -x -b 2048\` + pg_ctl start -w (median of ${all(physicalZstdRuns)}) | ${seconds(physicalZstdMs)} | ${rate(dataBytes, physicalZstdMs)} | 1 |`);
+    lines.push(`| dbplane restore vs that | ${seconds(restoreMs)} | ${rate(dataBytes, restoreMs)} | ${(physicalZstdMs / restoreMs).toFixed(2)}× |`);
   }
   lines.push(`| bare untar of the raw tar above (no WAL replay, no server start: not a restore, a floor) | ${seconds(rawUntarMs)} | ${rate(dataBytes, rawUntarMs)} | 1 |`);
   lines.push(`| dbplane restore vs that bare untar | ${seconds(restoreMs)} | ${rate(dataBytes, restoreMs)} | ${(rawUntarMs / restoreMs).toFixed(2)}× |`);
