@@ -180,4 +180,23 @@ describe('dbplane backups against the local runtime', () => {
       expect(rows).toEqual([{ id: 1, item: 'teapot' }]);
     }, operationTimeout);
   });
+
+  describe('a backup of PostgreSQL 15, which this host can pg_dump', () => {
+    it('downloads its pg_dump, received zstd-compressed (the CLI asks for it), as an archive pg_restore reads', async () => {
+      succeeded(await cli('databases', 'create', 'dumped', '--engine', 'postgresql', '--version', '15', '--plan', 'starter-512', '--wait'));
+      await withClient(succeeded(await cli('databases', 'url', 'dumped')).stdout.trim(), async (client) => {
+        await client.query('create table invoices (id int primary key, total numeric)');
+        await client.query('insert into invoices values (7, 12.50)');
+      });
+      const created = await explained(await cli('backups', 'create', 'dumped', '--wait'));
+      const backupId = /^id: +(bk-\S+)$/m.exec(created.stdout)?.[1] ?? '';
+      const file = join(await tempDir(), 'dumped.dump');
+
+      const run = succeeded(await cli('backups', 'download', 'dumped', backupId, '--output', file, '--json'));
+
+      expect(JSON.parse(run.stdout)).toMatchObject({ path: file, format: 'pg_dump', contentEncoding: 'zstd' });
+      const { stdout: contents } = await promisify(execFile)('/usr/lib/postgresql/15/bin/pg_restore', ['--list', file]);
+      expect(contents).toMatch(/TABLE DATA public invoices/);
+    }, operationTimeout);
+  });
 });

@@ -68,8 +68,9 @@ export function registerBackups(program: Command): void {
       const link = await ctx.client.get(`${backupPath(ref, backupId)}/download${query}`, DownloadLink);
       if (options.urlOnly) return ctx.out(ctx.json ? json(link) : `${link.url}\n`);
       const path = options.output ?? `${ref}-${backupId}.${link.format === 'pg_dump' ? 'dump' : 'tar'}`;
-      const size = await downloadTo(link.url, path);
-      ctx.out(ctx.json ? json({ path, sizeBytes: size, format: link.format }) : `wrote ${path} (${bytes(size)})\n`);
+      const { sizeBytes, contentEncoding } = await downloadTo(link.url, path);
+      if (ctx.json) return ctx.out(json({ path, sizeBytes, format: link.format, ...(contentEncoding ? { contentEncoding } : {}) }));
+      ctx.out(`wrote ${path} (${bytes(sizeBytes)}${contentEncoding ? `, received ${contentEncoding}-compressed` : ''})\n`);
     });
 
   addWaitOptions(backups.command('restore')
@@ -207,8 +208,9 @@ function parseInstant(value: string): string {
 /**
  * Streams the signed URL to `path` through a temporary file, so an interrupted download never leaves
  * something that looks complete. The URL carries its own signature: no API token is sent with it.
+ * Returns the size written and the coding the bytes travelled in (decoded on the way), if any.
  */
-async function downloadTo(url: string, path: string): Promise<number> {
+async function downloadTo(url: string, path: string): Promise<{ sizeBytes: number; contentEncoding?: string }> {
   let response: Response;
   try {
     // zstd as well as fetch's own gzip and deflate: a dump stored zstd-compressed then comes as stored (about half the
@@ -232,5 +234,5 @@ async function downloadTo(url: string, path: string): Promise<number> {
     await rm(partial, { force: true });
     throw new CliError(`cannot write ${path}: ${err instanceof Error ? err.message : String(err)}`);
   }
-  return (await stat(path)).size;
+  return { sizeBytes: (await stat(path)).size, contentEncoding: response.headers.get('content-encoding') ?? undefined };
 }
