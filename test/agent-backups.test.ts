@@ -17,7 +17,7 @@ import {
   type EnsureInstance, type StartRestore, type WrappedKey,
 } from '#core/agent-api.ts';
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
-import { chunkBytes, createDecryptor, createEncryptor } from '../agent/backups/crypto.ts';
+import { chunkBytes, createDecryptor, createEncryptor, decryptFile } from '../agent/backups/crypto.ts';
 import { TarJoiner, tarEntry, tarTrailer } from '../agent/backups/tar.ts';
 import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
@@ -137,13 +137,32 @@ async function rowsOfUnpackedDownload(tarFile: string, version: string): Promise
   }
 }
 
-describe('backup encryption', () => {
+/** What a sealed object decrypts to, through the stream (downloads, WAL) or read from its file (restores). */
+type Opener = (sealed: Buffer, keyFor: (version: number) => Buffer | undefined, what: string, object: string, unboundAllowed: boolean) => Promise<Buffer>;
+const openers: [string, Opener][] = [
+  ['createDecryptor (a stream)', (sealed, ...args) => buffer(Readable.from([sealed]).pipe(createDecryptor(...args)))],
+  ['decryptFile (read from its file)', async (sealed, ...args) => {
+    const dir = await mkdtemp(join(tmpdir(), 'dbplane-sealed-'));
+    try {
+      await writeFile(join(dir, 'object'), sealed);
+      const file = await open(join(dir, 'object'));
+      try {
+        return await buffer(Readable.from(decryptFile(file, ...args)));
+      } finally {
+        await file.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }],
+];
+
+describe.each(openers)('backup encryption, opened by %s', (_how, opener) => {
   const key = randomBytes(32);
   const plain = randomBytes(2 * chunkBytes + 1234);
   const object = 'db-x/base/bk-x.tar.zst.enc';
-  const seal = (name = object) => buffer(Readable.from([plain]).pipe(createEncryptor(key, 3, name)));
-  const openSealed = (sealed: Buffer, unboundAllowed = false) =>
-    buffer(Readable.from([sealed]).pipe(createDecryptor((v) => (v === 3 ? key : undefined), 'backup bk-x in zone-q', object, unboundAllowed)));
+  const seal = (name = object, bytes = plain) => buffer(Readable.from([bytes]).pipe(createEncryptor(key, 3, name)));
+  const openSealed = (sealed: Buffer, unboundAllowed = false) => opener(sealed, (v) => (v === 3 ? key : undefined), 'backup bk-x in zone-q', object, unboundAllowed);
 
   it('round-trips a stream of several chunks, without the plaintext in what it stores', async () => {
     const sealed = await seal();
@@ -166,6 +185,17 @@ describe('backup encryption', () => {
     await expect(openSealed(Buffer.concat([header, second, first, sealed.subarray(header.length + 2 * sealedChunk)]))).rejects.toThrow(/chunk 0/);
   });
 
+  it('round-trips an empty object, and one of exactly two chunks (its final chunk full)', async () => {
+    for (const bytes of [Buffer.alloc(0), plain.subarray(0, 2 * chunkBytes)]) expect((await openSealed(await seal(object, bytes))).equals(bytes)).toBe(true);
+  });
+
+  it('rejects a stream cut at a chunk boundary, and one cut inside its header', async () => {
+    const sealed = await seal(object, plain.subarray(0, 2 * chunkBytes));
+
+    await expect(openSealed(sealed.subarray(0, sealed.length - chunkBytes - 16))).rejects.toThrow(/bk-x in zone-q: chunk 0 failed authentication/);
+    await expect(openSealed(sealed.subarray(0, 10))).rejects.toThrow(/bk-x in zone-q: (truncated|not an encrypted)/);
+  });
+
   it('rejects another object sealed with the same key: the name is bound to every tag', async () => {
     await expect(openSealed(await seal('db-x/base/bk-y.tar.zst.enc'))).rejects.toThrow(/bk-x in zone-q: chunk 0 failed authentication/);
   });
@@ -173,8 +203,7 @@ describe('backup encryption', () => {
   it('opens an object sealed before names were bound (format 1) only where a checksum is checked too', async () => {
     // Sealed by the format 1 code, under key 0x11…, key version 3.
     const legacy = Buffer.from('REJQRQEAAAADZW2rOGqNWv0SLzkQN88WI/ayQUo845Ir7OqwRtywOsN+EU83aW27XoI/dgVkeDpPyvGsZVwdFz5KdSCCRKWZwEF1lGU8Xao=', 'base64');
-    const openLegacy = (unboundAllowed: boolean) =>
-      buffer(Readable.from([legacy]).pipe(createDecryptor(() => Buffer.alloc(32, 0x11), 'backup bk-old', 'any/name', unboundAllowed)));
+    const openLegacy = (unboundAllowed: boolean) => opener(legacy, () => Buffer.alloc(32, 0x11), 'backup bk-old', 'any/name', unboundAllowed);
 
     expect((await openLegacy(true)).toString()).toBe('sealed before objects were bound to their names');
     await expect(openLegacy(false)).rejects.toThrow(/bk-old: sealed without its name/);

@@ -22,7 +22,7 @@ import { errorMessage, log } from '../log.ts';
 import {
   adminRole, makePrivateDir, quoteSetting, spawnPostmaster, stopStalePostmaster, writeServerConfig, type RunAs, type ServerPaths,
 } from '../postgres.ts';
-import { createDecryptor, createEncryptor } from './crypto.ts';
+import { createDecryptor, createEncryptor, decryptFile } from './crypto.ts';
 import type { KeyRing } from './keyring.ts';
 import { ObjectStore, type PutResult, type Verify } from './store.ts';
 import { TarJoiner, tarEntry, tarTrailer } from './tar.ts';
@@ -502,13 +502,15 @@ export function createBackupService(options: BackupServiceOptions) {
   ): Promise<T> {
     const { databaseId } = meta.job;
     await keys.add(databaseId, meta.wrappedKey, false);
-    return store.readFirstGood(key, sha256, what, async (copy, zone) => {
+    return store.readFirstGood(key, sha256, what, async (copy, zone, file) => {
       const plain = new PassThrough();
-      const decryptor = createDecryptor(keys.opener(databaseId), `${what} in ${zone}`, key, how.verify !== 'sealed');
+      const [opener, label] = [keys.opener(databaseId), `${what} in ${zone}`];
+      // A copy trusted by its tags alone is read by the decryption itself, into one buffer (crypto.ts decryptFile).
+      const decrypted = file ? [decryptFile(file, opener, label, key)] : [copy, createDecryptor(opener, label, key, how.verify !== 'sealed')];
       // Both sides settle before the next copy is tried, so nothing of a bad copy is still being written.
       const [consumed, read] = await Promise.allSettled([
         consume(plain),
-        how.unzstd ? pipeline(copy, decryptor, decompress(), plain) : pipeline(copy, decryptor, plain),
+        (pipeline as (...streams: unknown[]) => Promise<void>)(...decrypted, ...(how.unzstd ? [decompress()] : []), plain),
       ]);
       if (read.status === 'rejected') throw read.reason;
       if (consumed.status === 'rejected') throw consumed.reason;

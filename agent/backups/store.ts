@@ -187,10 +187,11 @@ export class ObjectStore {
    * end when the digest differs, so `consume` must keep what it read to itself until the stream ended
    * (a restore unpacks into a scratch folder). `'before'`: a pass over the copy first, for a consumer
    * that passes bytes on as they come (a download). `'sealed'`: no hash; `consume` opens an object whose
-   * GCM tags are bound to its name (crypto.ts, format 2), which tells all a checksum would.
+   * GCM tags are bound to its name (crypto.ts, format 2), which tells all a checksum would, and gets the
+   * open file as well, to read it either through `copy` or by itself (crypto.ts decryptFile), not both.
    */
   async readFirstGood<T>(
-    key: string, sha256: string, what: string, consume: (copy: Readable, zone: string) => Promise<T>, verify: Verify = 'while',
+    key: string, sha256: string, what: string, consume: (copy: Readable, zone: string, file?: FileHandle) => Promise<T>, verify: Verify = 'while',
   ): Promise<T> {
     const problems: string[] = [];
     for (const zone of zones) {
@@ -203,12 +204,13 @@ export class ObjectStore {
           return await consume(createReadStream(path, { highWaterMark: readBytes }), zone);
         }
         // Opened first, so a missing copy fails here (ENOENT) rather than inside `consume`.
-        const file = createReadStream('', { fd: await open(path, 'r'), highWaterMark: readBytes });
+        const handle = await open(path, 'r');
+        const file = createReadStream('', { fd: handle, highWaterMark: readBytes });
         const copy = verify === 'sealed' ? file : pipeline(file, hashedAs(sha256, mismatch), () => undefined);
         try {
-          return await consume(copy, zone);
+          return await consume(copy, zone, verify === 'sealed' ? handle : undefined);
         } finally {
-          copy.destroy(); // closes the file when `consume` gave up before the end
+          copy.destroy(); // closes the file when `consume` gave up before the end, or read it by itself
         }
       } catch (error) {
         const problem = (error as NodeJS.ErrnoException).code === 'ENOENT' ? `${what} in ${zone}: missing` : errorMessage(error);
