@@ -504,7 +504,8 @@ export function createBackupService(options: BackupServiceOptions) {
     await keys.add(databaseId, meta.wrappedKey, false);
     return store.readFirstGood(key, sha256, what, async (copy, zone, file) => {
       const plain = new PassThrough();
-      const [opener, label] = [keys.opener(databaseId), `${what} in ${zone}`];
+      const opener = keys.opener(databaseId);
+      const label = `${what} in ${zone}`;
       // A copy trusted by its tags alone is read by the decryption itself, into one buffer (crypto.ts decryptFile).
       const decrypted = file ? [decryptFile(file, opener, label, key)] : [copy, createDecryptor(opener, label, key, how.verify !== 'sealed')];
       // Both sides settle before the next copy is tried, so nothing of a bad copy is still being written.
