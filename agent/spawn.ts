@@ -31,8 +31,8 @@ const stopTimeoutMs = 15_000;
 /**
  * A backup streams ~1 GB through Buffers (pipe reads, cipher output) that V8 counts as external memory, and by
  * default every 64 MB of it starts a major GC of the whole heap: ~75 per backup, ~2 s of GC threads' CPU (perf).
- * Counted in the global limit instead, they come far less often: the agent's user CPU per 1.2 GB backup went from 5.4 s
- * to 4.1 s (medians), for a peak RSS of 417 MB instead of 332 MB (bench/RESULTS.md). V8 takes the flag on the command line only, not in NODE_OPTIONS.
+ * Counted in the global limit instead, they come far less often: the agent's CPU per 1.2 GB backup 6.8 s → 6.1 s in
+ * `npm run bench:backups` (medians of 3), for a peak RSS of 417 MB instead of 332 MB (bench/RESULTS.md). V8 takes the flag on the command line only, not in NODE_OPTIONS.
  */
 const agentNodeFlags = ['--external-memory-accounted-in-global-limit'];
 

@@ -43,6 +43,8 @@ export interface Runtime {
   apiUrl: string;
   adminToken: string;
   readonly agentUrl: string;
+  /** The agent's process id (benches read its CPU time). */
+  readonly agentPid: number;
   agentSecret: string;
   dynamoEndpoint: string;
   tableName: string;
@@ -158,6 +160,9 @@ export async function startRuntime(options: RuntimeOptions): Promise<Runtime> {
       adminToken,
       get agentUrl() {
         return agent.url;
+      },
+      get agentPid() {
+        return agent.pid;
       },
       agentSecret,
       async crashAgent() {

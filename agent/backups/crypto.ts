@@ -217,8 +217,8 @@ export function createDecryptor(keyFor: (version: number) => Buffer | undefined,
 
 /**
  * createDecryptor's work on a whole sealed file: each chunk read whole into one buffer, used over and over, and
- * its plaintext yielded once authenticated. Through a file stream (a fresh Buffer per read) decrypting 630 MB into
- * zstd -d | tar -x took 0.88–0.96 s of node CPU, this way 0.65–0.78 s (bench/RESULTS.md). The file's size, taken first, says
+ * its plaintext yielded once authenticated. Through a file stream (a fresh Buffer per read) unpacking 630 MB took
+ * 0.68–0.75 s of node CPU, this way 0.56–0.60 s (`npm run bench:restore-floor`, bench/RESULTS.md). The file's size, taken first, says
  * which chunk is the final one; a file that shrinks while read fails as truncated.
  */
 export async function* decryptFile(
