@@ -34,7 +34,7 @@ const stopTimeoutMs = 15_000;
  * Counted in the global limit instead, they come far less often: the agent's CPU per 1.2 GB backup 6.8 s → 6.1 s in
  * `npm run bench:backups` (medians of 3), for a peak RSS of 417 MB instead of 332 MB (bench/RESULTS.md). V8 takes the flag on the command line only, not in NODE_OPTIONS.
  */
-const agentNodeFlags = ['--external-memory-accounted-in-global-limit'];
+export const agentNodeFlags = ['--external-memory-accounted-in-global-limit'];
 
 /** Starts the agent as a child process (its own process group) and resolves once it listens. */
 export async function spawnAgent({ dataDir, secret, port = 0, faults = false, masterKeyFile, backupDir, retiredSweepMs }: SpawnAgentOptions): Promise<AgentProcess> {

@@ -1,16 +1,15 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { Readable, Writable } from 'node:stream';
-import { createEncryptor } from '../agent/backups/crypto.ts';
+import { fileURLToPath } from 'node:url';
 import { adminRole, resolveRunAs } from '../agent/postgres.ts';
+import { agentNodeFlags } from '../agent/spawn.ts';
 import { startRuntime } from '../local/runtime.ts';
 import { apiClient, newTenant } from '../test/helpers/api.ts';
 import { connect } from '../test/helpers/databases.ts';
+import { median } from './timing.ts';
 
 /**
  * `npm run bench:backups`: on this machine, in one run, with a database of BENCH_BACKUP_MB (default
@@ -23,7 +22,7 @@ import { connect } from '../test/helpers/databases.ts';
  *  3. backup vs the same work done raw, one step after the other: the data directory's tar through zstd -1 to one
  *     file, then pg_dump -Fc -Z0 through zstd -1 to another (the agent's pipelines); vs the baseline before the agent
  *     piped its dump into zstd (a plain tar, then pg_dump -Fc -Z1); and, once, pg_dump -Fc at its default compression;
- *  4. AES-256-GCM chunked encryption alone, in memory.
+ *  4. AES-256-GCM chunked encryption alone, in memory, against the cipher alone (bench/encryption.ts, in a process of its own).
  * The runtime runs with the waits it deploys (no `fastWaits`): how soon the control plane sees a job
  * finish is part of what a customer waits for. Both restores run BENCH_RESTORE_ROUNDS (default 3) times,
  * and both backups BENCH_BACKUP_ROUNDS (default 3) times, alternated, each after a `sync`; the table shows
@@ -36,7 +35,6 @@ const backupRounds = Number(process.env.BENCH_BACKUP_ROUNDS ?? 3);
 const pgBin = '/usr/lib/postgresql/15/bin';
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 const all = (values: number[]) => values.map((ms) => (ms / 1000).toFixed(1)).join(', ') + ' s';
 const rate = (bytes: number, ms: number) => `${(bytes / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
 async function timed<T>(fn: () => Promise<T> | T): Promise<[T, number]> {
@@ -254,13 +252,8 @@ try {
   const physicalMs = physicalRuns.length > 0 ? median(physicalRuns) : undefined;
   const restoreMs = median(restoreRuns);
 
-  // Encryption alone: 1 GiB through the chunked AES-256-GCM transform, in memory.
-  const block = randomBytes(16 * 1024 * 1024);
-  const [, encryptMs] = await timed(() => pipeline(
-    Readable.from((function* () { for (let i = 0; i < 64; i++) yield block; })()),
-    createEncryptor(randomBytes(32), 1, 'bench/encryption'),
-    new Writable({ write: (_chunk, _encoding, done) => done() }),
-  ));
+  // Encryption alone, against the cipher alone: in a process of its own, as the agent encrypts (bench/encryption.ts).
+  const encryption = execFileSync(process.execPath, [...agentNodeFlags, '--import', import.meta.resolve('tsx'), fileURLToPath(new URL('./encryption.ts', import.meta.url))]).toString().trim();
 
   lines.push('\n| what | time | throughput (data directory bytes without pg_wal / time) | ratio vs raw |');
   lines.push('|---|---|---|---|');
@@ -295,7 +288,7 @@ try {
     lines.push(`| for reference: raw pg_dump -Fc at its default compression (gzip 6; ${(defaultDumpBytes / 1e6).toFixed(0)} MB), alone | ${seconds(defaultDumpMs)} | ${rate(dataBytes, defaultDumpMs)} | — |`);
   }
   lines.push(`| the agent's CPU (user + system, /proc) per dbplane backup (median of ${all(backupAgentCpu)}) | ${seconds(median(backupAgentCpu))} | — | — |`);
-  lines.push(`| AES-256-GCM chunked encryption alone, 1 GiB in memory | ${seconds(encryptMs)} | ${rate(1024 ** 3, encryptMs)} | — |`);
+  lines.push(encryption);
   lines.push(`\nStored per copy: ${(backup.sizeBytes / 1e6).toFixed(0)} MB × ${backup.copies.length} copies.`);
 } finally {
   await runtime.stop();
