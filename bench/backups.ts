@@ -6,7 +6,6 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { adminRole, resolveRunAs } from '../agent/postgres.ts';
-import { agentNodeFlags } from '../agent/spawn.ts';
 import { startRuntime } from '../local/runtime.ts';
 import { apiClient, newTenant } from '../test/helpers/api.ts';
 import { connect } from '../test/helpers/databases.ts';
@@ -265,7 +264,7 @@ try {
   const restoreMs = median(restoreRuns);
 
   // Encryption alone, against the cipher alone: in a process of its own, as the agent encrypts (bench/encryption.ts).
-  const encryption = execFileSync(process.execPath, [...agentNodeFlags, '--import', import.meta.resolve('tsx'), fileURLToPath(new URL('./encryption.ts', import.meta.url))]).toString().trim();
+  const encryption = execFileSync(process.execPath, ['--import', import.meta.resolve('tsx'), fileURLToPath(new URL('./encryption.ts', import.meta.url))]).toString().trim();
 
   lines.push('\n| what | time | throughput (data directory bytes without pg_wal / time) | ratio vs raw |');
   lines.push('|---|---|---|---|');

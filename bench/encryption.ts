@@ -1,7 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
 import { createEncryptor } from '../agent/backups/crypto.ts';
+import { agentNodeFlags } from '../agent/spawn.ts';
 import { median } from './timing.ts';
 
 /**
@@ -9,10 +12,15 @@ import { median } from './timing.ts';
  * BENCH_ENCRYPTION_ROUNDS (default 3) times, alternated, medians:
  *  - the raw cipher: AES-256-GCM through createCipheriv, in the 64 KiB updates crypto.ts makes, a fresh cipher per MiB;
  *  - createEncryptor: the same work as a stream, with the chunking, the AAD and the tags.
- * A process of its own, with the agent's node flags (agent/spawn.ts), as the agent encrypts; `npm run bench:backups`
- * runs it so too. Timed inside that bench's own process, beside the runtime, the stream gave 0.75–0.93 GB/s.
+ * A process of its own, with the agent's node flags (agent/spawn.ts), as the agent encrypts: run without them, it
+ * runs itself again with them; `npm run bench:backups` runs it so too. Timed inside that bench's own process, beside the runtime, the stream gave 0.75–0.93 GB/s.
  * Prints two markdown table rows: what, time, throughput, ratio vs the raw cipher.
  */
+
+if (!agentNodeFlags.every((flag) => process.execArgv.includes(flag))) {
+  execFileSync(process.execPath, [...agentNodeFlags, '--import', import.meta.resolve('tsx'), fileURLToPath(import.meta.url)], { stdio: 'inherit' });
+  process.exit(0);
+}
 
 const rounds = Number(process.env.BENCH_ENCRYPTION_ROUNDS ?? 3);
 const gib = 1024 ** 3;
