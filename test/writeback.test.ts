@@ -52,4 +52,14 @@ describe('writtenBackWhile', () => {
     const lines = await logged();
     expect(lines).toEqual([`start -f ${dir}`, 'end']);
   });
+
+  it('returns once the work ends, not at the end of the pause between two syncs', async () => {
+    await writeFile(calls, '');
+    const started = Date.now();
+    await writtenBackWhile(dir, async () => {
+      while (!(await logged()).includes('end')) await sleep(20);
+    }, { pauseMs: 60_000 });
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(await logged()).toEqual([`start -f ${dir}`, 'end']);
+  });
 });
