@@ -732,12 +732,14 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
 
   /** Waits until a (re)started server is running, or has failed. */
   async function settled(managed: Managed, timeoutMs = 120_000, supervisor = managed.supervisor): Promise<{ status: string; reason?: string }> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const state = supervisor.state();
-      if (state.status === 'running' || state.status === 'failed') return state;
-      if (Date.now() > deadline) return { status: 'failed', reason: `not ready within ${timeoutMs / 1000} s` };
-      await sleep(100);
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<{ status: string; reason: string }>((resolve) => {
+      timer = setTimeout(() => resolve({ status: 'failed', reason: `not ready within ${timeoutMs / 1000} s` }), timeoutMs);
+    });
+    try {
+      return await Promise.race([supervisor.whenSettled(), timedOut]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 

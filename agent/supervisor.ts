@@ -18,6 +18,8 @@ export interface ServerLifecycle {
 
 export interface Supervisor {
   state(): { status: ServerStatus; reason?: string };
+  /** The state once it is `running` or `failed`: at once if it is, else at the next change to either. */
+  whenSettled(): Promise<{ status: ServerStatus; reason?: string }>;
   /** Starts a stopped or failed server afresh (forgetting past crashes); a no-op while it runs or starts. */
   start(): void;
   /** Runs provisioning again on the running server (e.g. the role's password changed). */
@@ -48,10 +50,22 @@ export function supervise(name: string, lifecycle: ServerLifecycle): Supervisor 
   let retryTimer: NodeJS.Timeout | undefined;
   let crashes: number[] = [];
   let provisioning = 0;
+  /** Callers of whenSettled, woken by the next change to `running` or `failed`. */
+  let waiters: (() => void)[] = [];
+
+  const state = () => (reason === undefined ? { status } : { status, reason });
+  const isSettled = () => status === 'running' || status === 'failed';
+
+  function settle(to: 'running' | 'failed', why?: string): void {
+    status = to;
+    reason = why;
+    const woken = waiters;
+    waiters = [];
+    woken.forEach((wake) => wake());
+  }
 
   function fail(why: string): void {
-    status = 'failed';
-    reason = why;
+    settle('failed', why);
     log('error', 'server failed', { instance: name, reason: why });
   }
 
@@ -93,7 +107,7 @@ export function supervise(name: string, lifecycle: ServerLifecycle): Supervisor 
     try {
       await lifecycle.becomeReady(current);
       if (current()) {
-        status = 'running';
+        settle('running');
         stderrTail = '';
         log('info', 'server ready', { instance: name, pid: proc.pid });
       }
@@ -124,7 +138,9 @@ export function supervise(name: string, lifecycle: ServerLifecycle): Supervisor 
   }
 
   return {
-    state: () => (reason === undefined ? { status } : { status, reason }),
+    state,
+
+    whenSettled: () => (isSettled() ? Promise.resolve(state()) : new Promise((resolve) => waiters.push(() => resolve(state())))),
 
     start() {
       if (status === 'starting' || status === 'running') return;
@@ -141,7 +157,7 @@ export function supervise(name: string, lifecycle: ServerLifecycle): Supervisor 
       status = 'starting';
       const current = () => round === provisioning && gen === generation && child === proc && proc.exitCode === null && proc.signalCode === null;
       lifecycle.becomeReady(current).then(
-        () => { if (current()) status = 'running'; },
+        () => { if (current()) settle('running'); },
         (error: unknown) => { if (current()) provisioningFailed(proc, error); },
       );
     },
