@@ -141,6 +141,9 @@ export async function writeServerConfig(
     `port = ${port}`,
     `unix_socket_directories = ${quoteSetting(paths.socket)}`,
     `password_encryption = 'scram-sha-256'`,
+    // Before a recovery (a restore's, a crash's), PostgreSQL makes the data directory durable: one syncfs() of its
+    // file system (PostgreSQL ≥ 14, Linux) rather than an fsync per file: 0.2–0.3 s instead of 0.3–1 s here for 300 MB.
+    `recovery_init_sync_method = 'syncfs'`,
     'logging_collector = on',
     `log_directory = ${quoteSetting(paths.log)}`,
     // Last, so they win: archiving, or a restore's recovery settings.

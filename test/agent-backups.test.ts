@@ -399,6 +399,28 @@ describe('agent backups and restores', () => {
     await eventually(async () => ((await call('GET', '/v1/archives/pitr-db')).body.walSegments > 0 ? true : undefined));
   }, 120_000);
 
+  it('restores a new instance to a backup: its first start recovers the data, on the source\'s timeline, with no scratch server', async () => {
+    await query(port, "INSERT INTO notes VALUES (12, 'after the backup')");
+    const restoreId = ids('op');
+    const newSpec = { ...spec, dataKey: { version: 1, wrapped: await newWrappedDataKey(wrapper, 'fork-db') } };
+
+    await call('PUT', `/v1/instances/fork-db/restores/${restoreId}`, {
+      mode: 'new', source: { databaseId: 'app-db', backupId: second, dataKey }, spec: newSpec,
+    } satisfies StartRestore);
+
+    const backup = await backupDone('app-db', second);
+    expect(await restoreDone('fork-db', restoreId)).toMatchObject({ status: 'completed', recoveredTo: backup.consistentAt });
+    const restored = await running('fork-db');
+    expect(await query(restored.port, 'SELECT id, body FROM notes ORDER BY id')).toEqual([{ id: 1, body: 'kept' }, { id: 2, body: distinctive }]);
+    // The source is on timeline 2 since the restore in place above; a scratch server would have promoted to 3.
+    const [{ timeline }] = await adminQuery<{ timeline: number }>(restored.port, 'SELECT timeline_id AS timeline FROM pg_control_checkpoint()');
+    expect(timeline).toBe(2);
+    await query(restored.port, 'SELECT pg_switch_wal()').catch(() => undefined);
+    await eventually(async () => ((await call('GET', '/v1/archives/fork-db')).body.walSegments > 0 ? true : undefined));
+    expect((await call('DELETE', '/v1/instances/fork-db')).status).toBe(204);
+    expect((await call('DELETE', '/v1/archives/fork-db')).status).toBe(204);
+  }, 120_000);
+
   it('stores no plaintext: the distinctive row is in no zone file', async () => {
     const found = (() => {
       try {

@@ -607,49 +607,66 @@ export function createBackupService(options: BackupServiceOptions) {
       });
       log('info', 'restore unpacked', { restore: job.id, backup: meta.job.id });
       for (const dir of emptiedDirs) await makePrivateDir(join(paths.data, dir), runAs);
-      await writeOwned(join(paths.data, 'recovery.signal'), '');
-      const target = toEnd
-        ? [] // no target: replay all the archive holds, then promote
-        : pointInTime
-          ? [`recovery_target_time = ${quoteSetting(pgTimestamp(pointInTime))}`, "recovery_target_action = 'promote'"]
-          : ["recovery_target = 'immediate'", "recovery_target_action = 'promote'"];
-      // To an instant, WAL past the backup comes from the source's archive (opened with the source's key).
-      // To the backup itself, all it reads is in pg_wal already: the backup's WAL (in the tar) and the
-      // archive's timeline histories, written there now, from which the new timeline is chosen. PostgreSQL
-      // wants a restore_command all the same, and reads pg_wal when it fails: `false` spares a node
-      // process and a decryption per segment and per timeline probed.
-      const restoreCommand = pointInTime ? await walCommand('fetch', source.databaseId, '%p') : 'false';
-      if (!pointInTime) await copyHistories(source.databaseId, join(paths.data, 'pg_wal'));
-      await writeServerConfig(paths, port, spec.settings, runAs, [
-        // New WAL (from the promotion on) goes to the restored database's own archive, under its own key:
-        ...await serverSettings(job.instanceId, spec.dataKey),
-        // ...though not from this scratch server, which would push it while shutting down (and first switch
-        // to a new segment to push that too): it marks files ready, the restored instance pushes them, and
-        // the new timeline's history goes as soon as the restored data runs, so the next restore sees that timeline.
-        "archive_command = ''",
-        // Before recovery, PostgreSQL makes the unpacked files durable: one syncfs() of their file system
-        // (PostgreSQL ≥ 14, Linux) rather than an fsync per file (~1,000 of them): 0.2–0.3 s instead of 0.3–1 s here for 300 MB.
-        "recovery_init_sync_method = 'syncfs'",
-        `restore_command = ${quoteSetting(restoreCommand)}`,
-        `recovery_target_timeline = ${quoteSetting(await timelineAt(source.databaseId, pointInTime))}`,
-        ...target,
-      ]);
-      const lastReplayed = await recover(install, paths, port, `backup ${meta.job.id}`);
-      const histories = await newHistories(join(paths.data, 'pg_wal'));
-      log('info', 'restore recovered', { restore: job.id, backup: meta.job.id });
+      // Into a new database, to the backup itself: the new server's first start recovers the data, replaying the
+      // backup's WAL from its backup_label (as a plain base backup is started) and going on on the source's
+      // timeline, in an archive of its own. No scratch server started, stopped and started again: ~0.2 s less.
+      const recovered = request.mode === 'new' && !pointInTime
+        ? undefined
+        : await recoverInScratch(job, request, { install, spec, paths, port }, meta, toEnd);
 
       const fault = faults.take('restore', job.instanceId);
       if (fault) throw new Error(fault.message);
       if (request.mode === 'in_place') await options.instances().replaceData(job.instanceId, paths.data, job.id);
       else await options.instances().adopt(job.instanceId, spec, paths.data);
       // Only a timeline that went live is archived (the next restore to an instant follows the newest one there).
-      if (spec.dataKey) for (const [file, content] of histories) await archiveWal(job.instanceId, file, Readable.from([content]));
+      if (spec.dataKey && recovered) for (const [file, content] of recovered.histories) await archiveWal(job.instanceId, file, Readable.from([content]));
       // To the end of the archive, the data reflects the last commit replayed (what was lost came after it).
-      return toEnd ? lastReplayed ?? meta.job.consistentAt : pointInTime ?? meta.job.consistentAt;
+      return toEnd ? recovered?.lastReplayed ?? meta.job.consistentAt : pointInTime ?? meta.job.consistentAt;
     } finally {
       await rm(scratch, { recursive: true, force: true });
       await rm(paths.socket, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Recovers unpacked data on a scratch server (to the backup's consistent point, or to an instant with WAL from the
+   * source's archive), which promotes itself to a new timeline and stops. Returns the last commit it replayed and
+   * the history file of the new timeline, archived once the restored data runs.
+   */
+  async function recoverInScratch(
+    job: RestoreJob, request: StartRestore, server: { install: PostgresInstall; spec: EnsureInstance; paths: ServerPaths; port: number },
+    meta: BackupMeta, toEnd: boolean,
+  ): Promise<{ lastReplayed: string | undefined; histories: Map<string, Buffer> }> {
+    const { source, pointInTime } = request;
+    const { install, spec, paths, port } = server;
+    await writeOwned(join(paths.data, 'recovery.signal'), '');
+    const target = toEnd
+      ? [] // no target: replay all the archive holds, then promote
+      : pointInTime
+        ? [`recovery_target_time = ${quoteSetting(pgTimestamp(pointInTime))}`, "recovery_target_action = 'promote'"]
+        : ["recovery_target = 'immediate'", "recovery_target_action = 'promote'"];
+    // To an instant, WAL past the backup comes from the source's archive (opened with the source's key).
+    // To the backup itself, all it reads is in pg_wal already: the backup's WAL (in the tar) and the
+    // archive's timeline histories, written there now, from which the new timeline is chosen. PostgreSQL
+    // wants a restore_command all the same, and reads pg_wal when it fails: `false` spares a node
+    // process and a decryption per segment and per timeline probed.
+    const restoreCommand = pointInTime ? await walCommand('fetch', source.databaseId, '%p') : 'false';
+    if (!pointInTime) await copyHistories(source.databaseId, join(paths.data, 'pg_wal'));
+    await writeServerConfig(paths, port, spec.settings, runAs, [
+      // New WAL (from the promotion on) goes to the restored database's own archive, under its own key:
+      ...await serverSettings(job.instanceId, spec.dataKey),
+      // ...though not from this scratch server, which would push it while shutting down (and first switch
+      // to a new segment to push that too): it marks files ready, the restored instance pushes them, and
+      // the new timeline's history goes as soon as the restored data runs, so the next restore sees that timeline.
+      "archive_command = ''",
+      `restore_command = ${quoteSetting(restoreCommand)}`,
+      `recovery_target_timeline = ${quoteSetting(await timelineAt(source.databaseId, pointInTime))}`,
+      ...target,
+    ]);
+    const lastReplayed = await recover(install, paths, port, `backup ${meta.job.id}`);
+    const histories = await newHistories(join(paths.data, 'pg_wal'));
+    log('info', 'restore recovered', { restore: job.id, backup: meta.job.id });
+    return { lastReplayed, histories };
   }
 
   /** Writes every timeline history file of the archive of `databaseId` into `dir`, decrypted, for the server's user. */
