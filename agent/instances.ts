@@ -184,6 +184,8 @@ const replicationQuietMs = 15_000;
  */
 const greenBuildSettings = ['archive_mode = on', "archive_command = 'true'", 'wal_init_zero = off', 'wal_level = logical'];
 const reservedDatabases = new Set(['postgres', 'template0', 'template1']);
+/** How long an adopted data directory's first start may take: it replays the WAL a base backup holds (see InstanceAccess.adopt). */
+const adoptTimeoutMs = 10 * 60_000;
 
 export function createInstanceManager({ dataDir, installs, runAs, faults, serverSettings }: InstanceManagerOptions): InstanceManager {
   const instancesDir = join(dataDir, 'instances');
@@ -1145,7 +1147,7 @@ export function createInstanceManager({ dataDir, installs, runAs, faults, server
       await rename(data, join(instanceDir(id), 'data'));
       const managed = await create(id, spec);
       managed.supervisor.start();
-      const state = await settled(managed);
+      const state = await settled(managed, adoptTimeoutMs);
       if (state.status === 'running') return;
       await release(managed);
       await rm(instanceDir(id), { recursive: true, force: true });

@@ -40,7 +40,10 @@ export interface InstanceAccess {
   describe(id: string): HostedInstance | undefined;
   /** Stops the server, swaps `data` in, starts it; puts the old data back (and throws) if it does not become ready. */
   replaceData(id: string, data: string, tag: string): Promise<void>;
-  /** Creates instance `id` from `spec` around an existing data directory; removes it again (and throws) if it does not become ready. */
+  /**
+   * Creates instance `id` from `spec` around an existing data directory; removes it again (and throws) if it does not
+   * become ready. Its first start may recover the data (a base backup's WAL replayed): it is given 10 minutes.
+   */
   adopt(id: string, spec: EnsureInstance, data: string): Promise<void>;
 }
 
