@@ -415,7 +415,9 @@ describe('agent backups and restores', () => {
     // The source is on timeline 2 since the restore in place above; a scratch server would have promoted to 3.
     const [{ timeline }] = await adminQuery<{ timeline: number }>(restored.port, 'SELECT timeline_id AS timeline FROM pg_control_checkpoint()');
     expect(timeline).toBe(2);
-    await query(restored.port, 'SELECT pg_switch_wal()').catch(() => undefined);
+    // Its own WAL goes to its own archive (an idle server switches segments for nothing: a write, then a switch).
+    await query(restored.port, "INSERT INTO notes VALUES (13, 'only in the fork')");
+    await adminQuery(restored.port, 'SELECT pg_switch_wal()');
     await eventually(async () => ((await call('GET', '/v1/archives/fork-db')).body.walSegments > 0 ? true : undefined));
     expect((await call('DELETE', '/v1/instances/fork-db')).status).toBe(204);
     expect((await call('DELETE', '/v1/archives/fork-db')).status).toBe(204);
