@@ -571,8 +571,9 @@ export function createBackupService(options: BackupServiceOptions) {
   }
 
   /**
-   * Unpacks the backup beside the live data, replays WAL from the source's archive up to the target on a
-   * scratch server, and only then swaps it in (in_place) or makes it a new instance. Returns the instant reached.
+   * Unpacks the backup beside the live data, recovers it on a scratch server (in place, or to an instant with WAL
+   * from the source's archive), and only then swaps it in (in_place) or makes it a new instance. Into a new instance
+   * to the backup itself, that instance's first start recovers it. Returns the instant reached.
    */
   async function runRestore(job: RestoreJob, request: StartRestore): Promise<string | undefined> {
     const { source, pointInTime } = request;
