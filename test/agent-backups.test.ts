@@ -488,7 +488,7 @@ describe('agent backups and restores', () => {
     expect(await query(port, 'SELECT count(*)::int AS n FROM notes')).toEqual([{ n: 3 }]);
   }, 120_000);
 
-  it('backs up and restores PostgreSQL 14 (the pre-15 backup functions)', async () => {
+  it('backs up and restores PostgreSQL 14 (the pre-15 backup functions), in place and into a new instance', async () => {
     const host = HostInfo.parse((await call('GET', '/v1/host')).body);
     const oldKey = { version: 1, wrapped: await newWrappedDataKey(wrapper, 'old-db') };
     await call('PUT', '/v1/instances/old-db', { ...spec, version: host.versions.find((v) => v.version.startsWith('14.'))!.version, dataKey: oldKey });
@@ -505,6 +505,14 @@ describe('agent backups and restores', () => {
 
     expect(await restoreDone('old-db', restoreId)).toMatchObject({ status: 'completed' });
     expect(await query(oldPort, 'SELECT v FROM t')).toEqual([{ v: 'before' }]);
+    // Into a new instance, whose first start recovers the backup (crash recovery from backup_label on 14 too).
+    const forkId = ids('op');
+    const forkSpec = { ...spec, version: host.versions.find((v) => v.version.startsWith('14.'))!.version, dataKey: { version: 1, wrapped: await newWrappedDataKey(wrapper, 'old-fork') } };
+    await call('PUT', `/v1/instances/old-fork/restores/${forkId}`, { mode: 'new', source: { databaseId: 'old-db', backupId, dataKey: oldKey }, spec: forkSpec });
+    expect(await restoreDone('old-fork', forkId)).toMatchObject({ status: 'completed' });
+    expect(await query((await running('old-fork')).port, 'SELECT v FROM t')).toEqual([{ v: 'before' }]);
+    expect((await call('DELETE', '/v1/instances/old-fork')).status).toBe(204);
+    expect((await call('DELETE', '/v1/archives/old-fork')).status).toBe(204);
     expect((await call('DELETE', '/v1/instances/old-db')).status).toBe(204);
     expect((await call('DELETE', '/v1/archives/old-db')).status).toBe(204);
   }, 120_000);
