@@ -8,6 +8,8 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDecryptor, createEncryptor, decryptFile } from '../agent/backups/crypto.ts';
 import { tarFromZstd } from '../agent/backups/service.ts';
+import { writtenBackWhile } from '../agent/backups/writeback.ts';
+import { median } from './timing.ts';
 
 /**
  * `npm run bench:restore-floor`: the CPU a restore's unpacking costs, stage by stage, against the raw
@@ -18,9 +20,16 @@ import { tarFromZstd } from '../agent/backups/service.ts';
  * sealed before their names were bound to their GCM tags); the raw baseline only untars. CPU time (user +
  * system) barely moves with the load of other runs, unlike wall time, so the sum of the stages divided by
  * the cores is a floor no pipelining can beat on this machine.
+ *
+ * Then the agent's pipeline with its write-back (agent/backups/writeback.ts) at a few pauses between syncs, and
+ * without it, each followed by the syncfs PostgreSQL does before recovery: BENCH_FLOOR_ROUNDS (default 3) rounds,
+ * alternated, medians.
  */
 
 const totalMb = Number(process.env.BENCH_FLOOR_MB ?? 1200);
+const writebackRounds = Number(process.env.BENCH_FLOOR_ROUNDS ?? 3);
+/** Pauses between two syncs of the write-back compared (ms); `undefined`: no write-back, the sync at the end only. */
+const writebackPauses = [100, 300, 500, undefined];
 const fileMb = 100;
 const key = randomBytes(32);
 
@@ -81,6 +90,25 @@ async function main(): Promise<void> {
       ['decryptFile (read into one buffer)', await unpackedBy('pipeline', async () => [decryptFile(copy, () => key, 'bench', 'backup')])],
       ['a file stream through createDecryptor', await unpackedBy('pipeline-stream', async () => [createReadStream(sealed, { highWaterMark: 1024 ** 2 }), createDecryptor(() => key, 'bench', 'backup')])],
     ];
+
+    // Unpacked, then synced as PostgreSQL does before recovery (syncfs), with the write-back at each pause and without.
+    const writebackRuns = new Map<number | undefined, number[]>(writebackPauses.map((pause) => [pause, []]));
+    for (let round = 0; round < writebackRounds; round++) {
+      for (const pauseMs of writebackPauses) {
+        const into = untarInto(`writeback-${round}-${pauseMs ?? 'none'}`);
+        execFileSync('sync');
+        const start = performance.now();
+        const unpack = async () => {
+          const tar = tarFromZstd(['-x', '-b', '2048', '-f', '-', '-C', into], undefined);
+          tar.output.resume();
+          await Promise.all([pipeline(decryptFile(copy, () => key, 'bench', 'backup'), tar.input), tar.exited]);
+        };
+        await (pauseMs === undefined ? unpack() : writtenBackWhile(into, unpack, { pauseMs }));
+        execFileSync('sync', ['-f', into]);
+        writebackRuns.get(pauseMs)!.push(performance.now() - start);
+        rmSync(into, { recursive: true, force: true });
+      }
+    }
     await copy.close();
     const cpuSum = stages.reduce((sum, [, cost]) => sum + cost.cpuS, 0);
     const cores = cpus().length;
@@ -97,6 +125,11 @@ async function main(): Promise<void> {
     console.log(`With the SHA-256 pass as well (format 1): ${floor(cpuSum + hash.cpuS)}.`);
     for (const [how, cost] of pipelines) {
       console.log(`The agent's pipeline (decrypt | zstd -d | tar -x, all at once), ${how}: ${cost.wallS.toFixed(2)} s of wall, ${(rawUntar.wallS / cost.wallS).toFixed(2)}× of the raw untar; this process's CPU ${cost.cpuS.toFixed(2)} s.`);
+    }
+    console.log('\n| the agent\'s pipeline, then syncfs | wall (median of the rounds) |\n|---|---|');
+    for (const [pauseMs, runs] of writebackRuns) {
+      const what = pauseMs === undefined ? 'no write-back' : `write-back, ${pauseMs} ms between syncs`;
+      console.log(`| ${what} | ${(median(runs) / 1000).toFixed(2)} s (${runs.map((ms) => (ms / 1000).toFixed(2)).join(', ')}) |`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -4,8 +4,14 @@ import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
 
-/** Pause between two syncs: each one waits for what was dirty when it began, so this only spaces out the spawns. */
-const defaultPauseMs = 100;
+/**
+ * Pause between two syncs: each one waits for what was dirty when it began, and stalls the writer while it runs.
+ * Where writes are fast the write-back saved 0.3–0.5 s per 1.2 GB restored (0.1 s pauses; the server's sync before
+ * recovery went from 0.6–0.8 s to ~0.1 s); where they are slow it costs: unpacking 1.2 GB then syncing took 3.8 s with
+ * 0.1 s pauses, 3.2 s with 0.3 s, 2.7 s with 0.5 s and 2.3 s without write-back (`npm run bench:restore-floor`,
+ * bench/RESULTS.md). 0.5 s is a middle ground, not yet measured where writes are fast.
+ */
+const defaultPauseMs = 500;
 
 /**
  * Runs `work` while the file system holding `dir` is synced over and over (`sync -f`: syncfs), so what `work`
