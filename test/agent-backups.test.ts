@@ -490,8 +490,9 @@ describe('agent backups and restores', () => {
 
   it('backs up and restores PostgreSQL 14 (the pre-15 backup functions), in place and into a new instance', async () => {
     const host = HostInfo.parse((await call('GET', '/v1/host')).body);
+    const version = host.versions.find((v) => v.version.startsWith('14.'))!.version;
     const oldKey = { version: 1, wrapped: await newWrappedDataKey(wrapper, 'old-db') };
-    await call('PUT', '/v1/instances/old-db', { ...spec, version: host.versions.find((v) => v.version.startsWith('14.'))!.version, dataKey: oldKey });
+    await call('PUT', '/v1/instances/old-db', { ...spec, version, dataKey: oldKey });
     const oldPort = (await running('old-db')).port;
     await query(oldPort, "CREATE TABLE t AS SELECT 'before' AS v");
     const backupId = ids('bk');
@@ -507,7 +508,7 @@ describe('agent backups and restores', () => {
     expect(await query(oldPort, 'SELECT v FROM t')).toEqual([{ v: 'before' }]);
     // Into a new instance, whose first start recovers the backup (crash recovery from backup_label on 14 too).
     const forkId = ids('op');
-    const forkSpec = { ...spec, version: host.versions.find((v) => v.version.startsWith('14.'))!.version, dataKey: { version: 1, wrapped: await newWrappedDataKey(wrapper, 'old-fork') } };
+    const forkSpec = { ...spec, version, dataKey: { version: 1, wrapped: await newWrappedDataKey(wrapper, 'old-fork') } };
     await call('PUT', `/v1/instances/old-fork/restores/${forkId}`, { mode: 'new', source: { databaseId: 'old-db', backupId, dataKey: oldKey }, spec: forkSpec });
     expect(await restoreDone('old-fork', forkId)).toMatchObject({ status: 'completed' });
     expect(await query((await running('old-fork')).port, 'SELECT v FROM t')).toEqual([{ v: 'before' }]);
