@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { mkdir, mkdtemp, open, readdir, readFile, readlink, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -27,85 +28,135 @@ describe('sha256Of', () => {
   });
 });
 
+/** The flags of every descriptor of this process open on `file` (from /proc/self/fdinfo). */
+async function openFlags(file: string): Promise<number[]> {
+  const flags: number[] = [];
+  for (const fd of await readdir('/proc/self/fd')) {
+    if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) !== file) continue;
+    const info = await readFile(`/proc/self/fdinfo/${fd}`, 'utf8').catch(() => '');
+    const octal = /^flags:\s+([0-7]+)$/m.exec(info)?.[1];
+    if (octal) flags.push(parseInt(octal, 8));
+  }
+  return flags;
+}
+
+/** Does `meddle` to a file on a descriptor of its own, as a failing disk or another process would. */
+async function meddleWith(file: string, meddle: (handle: FileHandle) => Promise<void>): Promise<void> {
+  const handle = await open(file, 'r+');
+  try {
+    await meddle(handle);
+  } finally {
+    await handle.close();
+  }
+}
+const flipAt = (offset: number) => async (file: FileHandle) => {
+  const byte = Buffer.alloc(1);
+  await file.read(byte, 0, 1, offset);
+  byte[0] ^= 0xff;
+  await file.write(byte, 0, 1, offset);
+};
+
 describe('ObjectStore.put', () => {
   it('reports each copy good, with the SHA-256 of what was sent', async () => {
     const store = new ObjectStore(join(dir, 'store'));
     const body = randomBytes(2 * 1024 * 1024 + 1);
     const result = await store.put('db/base/one', Readable.from([body.subarray(0, 1000), body.subarray(1000)]));
     expect(result).toEqual({ sha256: sha256(body), sizeBytes: body.length, copies: zones.map((zone) => ({ zone, sha256: sha256(body), ok: true })) });
+    for (const zone of zones) expect(await readFile(store.path(zone, 'db/base/one'))).toEqual(body);
+  });
+
+  it('writes and reads back each copy past the page cache (O_DIRECT), and stores an object of whole blocks and one of none', async () => {
+    const seen: number[][] = [];
+    const store = new ObjectStore(join(dir, 'direct'), { beforeReadBack: async ({ file }) => { seen.push(await openFlags(file)); } });
+    const body = randomBytes(8 * 1024 * 1024);
+    const whole = await store.put('db/base/whole', Readable.from([body]));
+    const empty = await store.put('db/base/empty', Readable.from([]));
+    expect(whole.copies.every((copy) => copy.ok)).toBe(true);
+    expect(empty).toEqual({ sha256: sha256(Buffer.alloc(0)), sizeBytes: 0, copies: zones.map((zone) => ({ zone, sha256: sha256(Buffer.alloc(0)), ok: true })) });
+    expect(await readFile(store.path('zone-c', 'db/base/whole'))).toEqual(body);
+    // Two blocks, three copies; the writer and the reader of each.
+    expect(seen).toHaveLength(6);
+    for (const flags of seen) expect(flags.map((f) => f & constants.O_DIRECT)).toEqual([constants.O_DIRECT, constants.O_DIRECT]);
+  });
+
+  it('stores through the page cache, each block synced before its read-back, without direct I/O', async () => {
+    const seen: number[][] = [];
+    const root = join(dir, 'buffered');
+    const store = new ObjectStore(root, {
+      directIo: false,
+      beforeReadBack: async ({ zone, file }, position) => {
+        seen.push(await openFlags(file));
+        if (zone === 'zone-b' && position > 0) await meddleWith(file, flipAt(position));
+      },
+    });
+    const body = randomBytes(5 * 1024 * 1024 + 7);
+    const result = await store.put('db/base/one', Readable.from([body]));
+    expect(result.copies).toEqual([
+      { zone: 'zone-a', sha256: sha256(body), ok: true },
+      { zone: 'zone-b', sha256: '', ok: false },
+      { zone: 'zone-c', sha256: sha256(body), ok: true },
+    ]);
+    expect(await readFile(store.path('zone-a', 'db/base/one'))).toEqual(body);
+    expect(seen).toHaveLength(6);
+    for (const flags of seen) expect(flags.map((f) => f & constants.O_DIRECT)).toEqual([0, 0]);
+  });
+
+  it('leaves nothing behind when the source fails', async () => {
+    const store = new ObjectStore(join(dir, 'failing'));
+    async function* source() {
+      yield randomBytes(9 * 1024 * 1024);
+      throw new Error('the source broke');
+    }
+    await expect(store.put('db/base/one', source())).rejects.toThrow('the source broke');
+    for (const zone of zones) expect(await readdir(join(dir, 'failing', zone, 'db/base'))).toEqual([]);
   });
 });
 
-describe('ObjectStore.put, copies that go bad while written', () => {
-  /** Opens the copy being written in `zone` (its temp file) on its own descriptor. */
-  async function tempOf(store: ObjectStore, zone: string, key: string) {
-    const path = store.path(zone, key);
-    const temp = (await readdir(dirname(path))).find((name) => name.startsWith('one.tmp-'))!;
-    return open(join(dirname(path), temp), 'r+');
-  }
-  /** Flips one byte of the copy being written in `zone`. */
-  async function flip(store: ObjectStore, zone: string, key: string, offset: number) {
-    const file = await tempOf(store, zone, key);
-    const byte = Buffer.alloc(1);
-    await file.read(byte, 0, 1, offset);
-    byte[0] ^= 0xff;
-    await file.write(byte, 0, 1, offset);
-    await file.close();
-  }
-  /** Writes `mib` MiB of random data into a store, calling `meddle` after each MiB is written (i: its index). */
-  async function putWith(store: ObjectStore, key: string, mib: number, meddle: (i: number) => Promise<void>) {
-    const sent: Buffer[] = [];
-    async function* source() {
-      for (let i = 0; i < mib; i++) {
-        const piece = randomBytes(1024 * 1024);
-        sent.push(piece);
-        yield piece;
-        // Back here, the piece is written: every copy holds i + 1 MiB.
-        await meddle(i);
-      }
-    }
-    const result = await store.put(key, source());
-    return { result, body: Buffer.concat(sent) };
-  }
-  const onDisk = async (store: ObjectStore, zone: string, key: string) => sha256(await readFile(store.path(zone, key)));
-
-  it('reports a copy altered before its first flush and one altered between two flushes bad, with their own SHA-256', async () => {
-    const store = new ObjectStore(join(dir, 'altered'));
-    const key = 'db/base/one';
-    const mib = 1024 * 1024;
-    const { result, body } = await putWith(store, key, 140, async (i) => {
-      if (i === 2) await flip(store, 'zone-b', key, 10);
-      if (i === 100) await flip(store, 'zone-c', key, 99 * mib + 5);
+describe('ObjectStore.put, copies that go bad between their write and its read-back', () => {
+  const mib = 1024 * 1024;
+  /** Does `meddle` to a copy's file once `at` bytes into it are written, before they are read back. */
+  function storeMeddledWith(root: string, meddles: Record<string, { at: number; meddle: (file: FileHandle) => Promise<void> }>) {
+    return new ObjectStore(root, {
+      beforeReadBack: async ({ zone, file }, position, length) => {
+        const meddling = meddles[zone];
+        if (!meddling || meddling.at < position || meddling.at >= position + length) return;
+        await meddleWith(file, meddling.meddle);
+      },
     });
+  }
+  const zoneFiles = async (root: string, zone: string) => readdir(join(root, zone, 'db/base'));
+
+  it('reports a copy altered in its first block and one altered in a later block bad, and removes them', async () => {
+    const root = join(dir, 'altered');
+    const store = storeMeddledWith(root, { 'zone-b': { at: 10, meddle: flipAt(10) }, 'zone-c': { at: 99 * mib + 5, meddle: flipAt(99 * mib + 5) } });
+    const body = randomBytes(140 * mib);
+    const result = await store.put('db/base/one', Readable.from([body.subarray(0, 70 * mib), body.subarray(70 * mib)]));
     expect(result.sha256).toBe(sha256(body));
     expect(result.copies).toEqual([
       { zone: 'zone-a', sha256: sha256(body), ok: true },
-      { zone: 'zone-b', sha256: await onDisk(store, 'zone-b', key), ok: false },
-      { zone: 'zone-c', sha256: await onDisk(store, 'zone-c', key), ok: false },
+      { zone: 'zone-b', sha256: '', ok: false },
+      { zone: 'zone-c', sha256: '', ok: false },
     ]);
-    expect(await onDisk(store, 'zone-b', key)).not.toBe(sha256(body));
+    expect(await zoneFiles(root, 'zone-b')).toEqual([]);
+    expect(await zoneFiles(root, 'zone-c')).toEqual([]);
+    expect(sha256(await readFile(store.path('zone-a', 'db/base/one')))).toBe(sha256(body));
   });
 
-  it('reports a copy cut short once written and one grown past the end bad, with their own SHA-256', async () => {
-    const store = new ObjectStore(join(dir, 'resized'));
-    const key = 'db/base/one';
-    const { result, body } = await putWith(store, key, 70, async (i) => {
-      if (i === 69) {
-        const file = await tempOf(store, 'zone-a', key);
-        await file.truncate(10 * 1024 * 1024);
-        await file.close();
-      }
-      if (i === 50) {
-        const file = await tempOf(store, 'zone-c', key);
-        await file.write(Buffer.from('past the end'), 0, 12, 200 * 1024 * 1024);
-        await file.close();
-      }
+  it('reports a copy cut short and one grown past the end bad', async () => {
+    const root = join(dir, 'resized');
+    const store = storeMeddledWith(root, {
+      'zone-a': { at: 64 * mib, meddle: (file) => file.truncate(10 * mib) },
+      'zone-c': { at: 50 * mib, meddle: async (file) => { await file.write(Buffer.from('past the end'), 0, 12, 200 * mib); } },
     });
+    const body = randomBytes(70 * mib + 3);
+    const result = await store.put('db/base/one', Readable.from([body]));
     expect(result.copies).toEqual([
-      { zone: 'zone-a', sha256: await onDisk(store, 'zone-a', key), ok: false },
+      { zone: 'zone-a', sha256: '', ok: false },
       { zone: 'zone-b', sha256: sha256(body), ok: true },
-      { zone: 'zone-c', sha256: await onDisk(store, 'zone-c', key), ok: false },
+      { zone: 'zone-c', sha256: '', ok: false },
     ]);
+    expect(await zoneFiles(root, 'zone-a')).toEqual([]);
+    expect(await zoneFiles(root, 'zone-c')).toEqual([]);
   });
 
   it('reports a zone that cannot be written bad, and the others good', async () => {
