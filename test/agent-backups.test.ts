@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { constants, existsSync } from 'node:fs';
 import { get as httpGet, type IncomingMessage } from 'node:http';
 import { chown, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,6 +17,7 @@ import {
   type EnsureInstance, type StartRestore, type WrappedKey,
 } from '#core/agent-api.ts';
 import { LocalKeyWrapper, newWrappedDataKey } from '#core/keys.ts';
+import { ioBlockBytes } from '../agent/backups/aligned.ts';
 import { chunkBytes, createDecryptor, createEncryptor, decryptFile } from '../agent/backups/crypto.ts';
 import { TarJoiner, tarEntry, tarTrailer } from '../agent/backups/tar.ts';
 import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
@@ -141,11 +142,11 @@ async function rowsOfUnpackedDownload(tarFile: string, version: string): Promise
 type Opener = (sealed: Buffer, keyFor: (version: number) => Buffer | undefined, what: string, object: string, unboundAllowed: boolean) => Promise<Buffer>;
 const openers: [string, Opener][] = [
   ['createDecryptor (a stream)', (sealed, ...args) => buffer(Readable.from([sealed]).pipe(createDecryptor(...args)))],
-  ['decryptFile (read from its file)', async (sealed, ...args) => {
+  ['decryptFile (read from its file, with direct I/O)', async (sealed, ...args) => {
     const dir = await mkdtemp(join(tmpdir(), 'dbplane-sealed-'));
     try {
       await writeFile(join(dir, 'object'), sealed);
-      const file = await open(join(dir, 'object'));
+      const file = await open(join(dir, 'object'), constants.O_RDONLY | constants.O_DIRECT);
       try {
         return await buffer(Readable.from(decryptFile(file, ...args)));
       } finally {
@@ -183,6 +184,11 @@ describe.each(openers)('backup encryption, opened by %s', (_how, opener) => {
     await expect(openSealed(sealed.subarray(0, header.length + 2 * sealedChunk))).rejects.toThrow(/bk-x in zone-q/);
     await expect(openSealed(sealed.subarray(0, sealed.length - 10))).rejects.toThrow(/bk-x in zone-q/);
     await expect(openSealed(Buffer.concat([header, second, first, sealed.subarray(header.length + 2 * sealedChunk)]))).rejects.toThrow(/chunk 0/);
+  });
+
+  it('round-trips an object of several 4 MiB read blocks, its chunks across their boundaries', async () => {
+    const large = randomBytes(3 * ioBlockBytes + 12_345);
+    expect((await openSealed(await seal(object, large))).equals(large)).toBe(true);
   });
 
   it('round-trips an empty object, and one of exactly two chunks (its final chunk full)', async () => {

@@ -1,9 +1,10 @@
 import { constants } from 'node:fs';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, rm, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AlignedBlocks } from '../agent/backups/aligned.ts';
+import { AlignedBlocks, blocksOf } from '../agent/backups/aligned.ts';
 
 let dir: string;
 beforeAll(async () => {
@@ -43,5 +44,34 @@ describe('AlignedBlocks', () => {
     expect(await single).toHaveLength(1);
     expect(lent).toEqual(['pair', 'single']);
     await expect(pool.take(4)).rejects.toThrow('4 blocks asked of a pool of 3');
+  });
+});
+
+describe('blocksOf', () => {
+  /** A file whose reads fill the block at once, so a read ahead lands before the block before it is looked at again. */
+  const fileOf = (bytes: Buffer) => ({
+    read: async (block: Buffer, offset: number, length: number, position: number) => ({ bytesRead: bytes.copy(block, offset, position, position + length), buffer: block }),
+  }) as unknown as FileHandle;
+
+  it('yields a file block by block, each kept as it is while the next is read, and gives its blocks back', async () => {
+    const bytes = randomBytes(4 * blockBytes + 100);
+    const pool = new AlignedBlocks(blockBytes, 3);
+    const copies: Buffer[] = [];
+    let previous: Buffer | undefined;
+    for await (const block of blocksOf(fileOf(bytes), pool)) {
+      // A chunk across two blocks is opened with both in hand: the one before must not have been read into yet.
+      if (previous) expect(previous.equals(copies.at(-1)!)).toBe(true);
+      copies.push(Buffer.from(block));
+      previous = block;
+    }
+    expect(Buffer.concat(copies).equals(bytes)).toBe(true);
+    expect(copies.map((copy) => copy.length)).toEqual([blockBytes, blockBytes, blockBytes, blockBytes, 100]);
+    expect(await pool.take(3)).toHaveLength(3);
+  });
+
+  it('gives its blocks back when the reader stops early', async () => {
+    const pool = new AlignedBlocks(blockBytes, 3);
+    for await (const block of blocksOf(fileOf(randomBytes(3 * blockBytes)), pool)) if (block.length > 0) break;
+    expect(await pool.take(3)).toHaveLength(3);
   });
 });

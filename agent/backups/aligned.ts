@@ -1,3 +1,5 @@
+import type { FileHandle } from 'node:fs/promises';
+
 /** The alignment direct I/O asks of memory, file offsets and lengths: a page covers any device's logical block. */
 export const alignment = 4096;
 
@@ -46,5 +48,39 @@ export class AlignedBlocks {
       blocks.push(Buffer.from(this.memory.buffer, this.blockBytes * this.made++, this.blockBytes));
     }
     return blocks;
+  }
+}
+
+/**
+ * What the store writes and reads back at a time, and restores read copies in (see blocksOf): direct I/O waits for
+ * the disk on each call, so a block is large.
+ */
+export const ioBlockBytes = 4 * 1024 * 1024;
+/** Shared by every object stored or read at once (~5 blocks each); more wait their turn. */
+export const ioBlocks = new AlignedBlocks(ioBlockBytes, 40);
+
+/**
+ * A file's bytes in order, a block at a time, read at aligned offsets into aligned blocks, so a descriptor opened
+ * with O_DIRECT reads it (any other does too); the next block is read while the caller works on this one. Three
+ * blocks take turns: each block yielded stays as it is until two more have been asked for, so a piece of one kept
+ * while the next is read (a chunk across two blocks) is still good.
+ */
+export async function* blocksOf(file: FileHandle, pool = ioBlocks): AsyncGenerator<Buffer> {
+  const blocks = await pool.take(3);
+  // One read per block: a regular file's read comes back short only at its end (and, direct, could not go on from there).
+  const readAt = async (block: Buffer, position: number): Promise<Buffer> => block.subarray(0, (await file.read(block, 0, block.length, position)).bytesRead);
+  let next = readAt(blocks[0], 0);
+  try {
+    for (let i = 1, position = 0; ; i++) {
+      const block = await next;
+      if (block.length === 0) return;
+      position += block.length;
+      // A short block is the file's last.
+      next = block.length < pool.blockBytes ? Promise.resolve(Buffer.alloc(0)) : readAt(blocks[i % blocks.length], position);
+      yield block;
+    }
+  } finally {
+    await next.catch(() => undefined); // a read ahead still under way must end before its block is lent again
+    pool.give(blocks);
   }
 }

@@ -500,27 +500,32 @@ export function createBackupService(options: BackupServiceOptions) {
     return readSealed(meta, baseKey(databaseId, id), meta.job.sha256!, `backup ${id} of ${databaseId}`, { unzstd: false, verify }, consume);
   }
 
+  /**
+   * `verify`: how a copy is checked as it is read: by its SHA-256 (store.ts readFirstGood), or `'sealed'`, by the
+   * GCM tags of an object sealed with its name, read by the decryption itself (crypto.ts decryptFile).
+   */
   async function readSealed<T>(
-    meta: BackupMeta, key: string, sha256: string, what: string, how: { unzstd: boolean; verify: Verify },
+    meta: BackupMeta, key: string, sha256: string, what: string, how: { unzstd: boolean; verify: Verify | 'sealed' },
     consume: (plain: Readable) => Promise<T>,
   ): Promise<T> {
     const { databaseId } = meta.job;
     await keys.add(databaseId, meta.wrappedKey, false);
-    return store.readFirstGood(key, sha256, what, async (copy, zone, file) => {
+    const opener = keys.opener(databaseId);
+    const decrypted = async (zone: string, sealed: unknown[]): Promise<T> => {
       const plain = new PassThrough();
-      const opener = keys.opener(databaseId);
-      const label = `${what} in ${zone}`;
-      // A copy trusted by its tags alone is read by the decryption itself, into one buffer (crypto.ts decryptFile).
-      const decrypted = file ? [decryptFile(file, opener, label, key)] : [copy, createDecryptor(opener, label, key, how.verify !== 'sealed')];
       // Both sides settle before the next copy is tried, so nothing of a bad copy is still being written.
       const [consumed, read] = await Promise.allSettled([
         consume(plain),
-        (pipeline as (...streams: unknown[]) => Promise<void>)(...decrypted, ...(how.unzstd ? [decompress()] : []), plain),
+        (pipeline as (...streams: unknown[]) => Promise<void>)(...sealed, ...(how.unzstd ? [decompress()] : []), plain),
       ]);
       if (read.status === 'rejected') throw read.reason;
       if (consumed.status === 'rejected') throw consumed.reason;
       return consumed.value;
-    }, how.verify);
+    };
+    if (how.verify === 'sealed') {
+      return store.readFirstSealed(key, what, (file, zone) => decrypted(zone, [decryptFile(file, opener, `${what} in ${zone}`, key)]));
+    }
+    return store.readFirstGood(key, sha256, what, (copy, zone) => decrypted(zone, [copy, createDecryptor(opener, `${what} in ${zone}`, key, true)]), how.verify);
   }
 
   // ---- restores

@@ -4,7 +4,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } fro
 import { dirname, join } from 'node:path';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { errorMessage, log } from '../log.ts';
-import { AlignedBlocks, alignment } from './aligned.ts';
+import { alignment, ioBlockBytes, ioBlocks } from './aligned.ts';
 
 /** One stored copy, as read back after writing. */
 export interface StoredCopy {
@@ -24,7 +24,7 @@ export interface PutResult {
 export const zones = ['zone-a', 'zone-b', 'zone-c'] as const;
 
 /** How readFirstGood checks a copy (see there). */
-export type Verify = 'while' | 'before' | 'sealed';
+export type Verify = 'while' | 'before';
 
 export interface ObjectStoreOptions {
   /**
@@ -60,7 +60,7 @@ export class ObjectStore {
   async put(key: string, source: AsyncIterable<Buffer>): Promise<PutResult> {
     const suffix = `.tmp-${randomBytes(6).toString('hex')}`;
     const copies = await Promise.all(zones.map((zone) => CopyInProgress.open(key, zone, this.path(zone, key), suffix, this.options.directIo ?? true)));
-    const lent = await blocks.take(blocksPerPut);
+    const lent = await ioBlocks.take(blocksPerPut);
     let [filling, storing] = lent;
     const readBuffers = lent.slice(2);
     const storeBlock = async (block: Buffer, length: number, position: number) => {
@@ -78,10 +78,10 @@ export class ObjectStore {
           at += copied;
           filled += copied;
           sizeBytes += copied;
-          if (filled < blockBytes) continue;
+          if (filled < ioBlockBytes) continue;
           await stored;
           [filling, storing] = [storing, filling];
-          stored = storeBlock(storing, blockBytes, sizeBytes - blockBytes);
+          stored = storeBlock(storing, ioBlockBytes, sizeBytes - ioBlockBytes);
           filled = 0;
         }
       }
@@ -92,7 +92,7 @@ export class ObjectStore {
       await Promise.all(copies.map((copy) => copy.discard()));
       throw error;
     } finally {
-      blocks.give(lent); // nothing reads or writes them any more: every store above was awaited
+      ioBlocks.give(lent); // nothing reads or writes them any more: every store above was awaited
     }
     const sha256 = hash.digest('hex');
     const good = await Promise.all(copies.map((copy) => copy.finish(sizeBytes)));
@@ -138,32 +138,55 @@ export class ObjectStore {
    * `verify: 'while'` (one pass): the copy is hashed as `consume` reads it, and its stream fails at its
    * end when the digest differs, so `consume` must keep what it read to itself until the stream ended
    * (a restore unpacks into a scratch folder). `'before'`: a pass over the copy first, for a consumer
-   * that passes bytes on as they come (a download). `'sealed'`: no hash; `consume` opens an object whose
-   * GCM tags are bound to its name (crypto.ts, format 2), which tells all a checksum would, and gets the
-   * open file as well, to read it either through `copy` or by itself (crypto.ts decryptFile), not both.
+   * that passes bytes on as they come (a download).
    */
   async readFirstGood<T>(
-    key: string, sha256: string, what: string, consume: (copy: Readable, zone: string, file?: FileHandle) => Promise<T>, verify: Verify = 'while',
+    key: string, sha256: string, what: string, consume: (copy: Readable, zone: string) => Promise<T>, verify: Verify = 'while',
   ): Promise<T> {
+    return this.firstGood(key, what, async (path, zone) => {
+      const mismatch = (actual: string) => new Error(`${what} in ${zone}: SHA-256 ${actual} does not match the recorded ${sha256}`);
+      if (verify === 'before') {
+        const actual = await sha256Of(path);
+        if (actual !== sha256) throw mismatch(actual);
+        return consume(createReadStream(path, { highWaterMark: readBytes }), zone);
+      }
+      // Opened first, so a missing copy fails here (ENOENT) rather than inside `consume`.
+      const handle = await open(path, 'r');
+      const copy = pipeline(createReadStream('', { fd: handle, highWaterMark: readBytes }), hashedAs(sha256, mismatch), () => undefined);
+      try {
+        return await consume(copy, zone);
+      } finally {
+        copy.destroy(); // closes the file when `consume` gave up before the end
+      }
+    });
+  }
+
+  /**
+   * Hands the first copy `consume` accepts to it, as a file open for direct I/O where the file system allows it
+   * (read it in aligned blocks: crypto.ts decryptFile); a copy `consume` rejects is logged and skipped. For an object
+   * whose GCM tags are bound to its name (crypto.ts, format 2): they tell all a checksum would. Fails, naming
+   * `what`, when no copy is good.
+   */
+  async readFirstSealed<T>(key: string, what: string, consume: (file: FileHandle, zone: string) => Promise<T>): Promise<T> {
+    return this.firstGood(key, what, async (path, zone) => {
+      const file = await open(path, directRead).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'EINVAL') return open(path, 'r'); // no direct I/O on this file system
+        throw error;
+      });
+      try {
+        return await consume(file, zone);
+      } finally {
+        await file.close();
+      }
+    });
+  }
+
+  /** The first copy `attempt` succeeds with, zone after zone; each failure logged and skipped. */
+  private async firstGood<T>(key: string, what: string, attempt: (path: string, zone: string) => Promise<T>): Promise<T> {
     const problems: string[] = [];
     for (const zone of zones) {
-      const path = this.path(zone, key);
-      const mismatch = (actual: string) => new Error(`${what} in ${zone}: SHA-256 ${actual} does not match the recorded ${sha256}`);
       try {
-        if (verify === 'before') {
-          const actual = await sha256Of(path);
-          if (actual !== sha256) throw mismatch(actual);
-          return await consume(createReadStream(path, { highWaterMark: readBytes }), zone);
-        }
-        // Opened first, so a missing copy fails here (ENOENT) rather than inside `consume`.
-        const handle = await open(path, 'r');
-        const file = createReadStream('', { fd: handle, highWaterMark: readBytes });
-        const copy = verify === 'sealed' ? file : pipeline(file, hashedAs(sha256, mismatch), () => undefined);
-        try {
-          return await consume(copy, zone, verify === 'sealed' ? handle : undefined);
-        } finally {
-          copy.destroy(); // closes the file when `consume` gave up before the end, or read it by itself
-        }
+        return await attempt(this.path(zone, key), zone);
       } catch (error) {
         const problem = (error as NodeJS.ErrnoException).code === 'ENOENT' ? `${what} in ${zone}: missing` : errorMessage(error);
         log('warn', 'skipping a bad copy', { object: key, zone, problem });
@@ -198,14 +221,8 @@ export class ObjectStore {
 /** Reads in large pieces: fewer turns of the event loop per byte (the default is 64 KiB). */
 const readBytes = 1024 * 1024;
 
-/**
- * What put writes and reads back at a time. Direct I/O (see CopyInProgress) waits for the disk on each call, so a
- * block is large; two per object fill in turn, and one per copy is read back into.
- */
-const blockBytes = 4 * 1024 * 1024;
+/** Two blocks fill in turn (see put), and one per copy is read back into. */
 const blocksPerPut = 2 + zones.length;
-/** Room for 8 objects stored at once (a backup and WAL files of several databases); more wait their turn. */
-const blocks = new AlignedBlocks(blockBytes, 8 * blocksPerPut);
 
 export async function sha256Of(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -275,12 +292,10 @@ class CopyInProgress {
         if (!this.direct) await this.writer!.datasync(); // so the read-back below reads what reached the disk
       }
       await beforeReadBack?.({ zone: this.zone, file: this.temp }, position, length);
-      // Direct reads take whole blocks: the last one is asked for whole and comes back as long as the file is.
+      // Direct reads take whole blocks: the last one is asked for whole and comes back as long as the file is. One
+      // read: a regular file's comes back short only at its end.
       const asked = this.direct ? Math.ceil(length / alignment) * alignment : length;
-      let got = 0;
-      for (let bytesRead = -1; got < length && bytesRead !== 0; got += bytesRead) {
-        ({ bytesRead } = await this.reader!.read(readBuffer, got, asked - got, position + got));
-      }
+      const { bytesRead: got } = await this.reader!.read(readBuffer, 0, asked, position);
       if (got < length) this.problem = `cut short at byte ${position + got}, where ${position + length} were written`;
       else if (!readBuffer.subarray(0, length).equals(block.subarray(0, length))) this.problem = `differs from what was written in bytes ${position}–${position + length}`;
     } catch (error) {
