@@ -1,6 +1,6 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { constants, createReadStream, createWriteStream, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +8,6 @@ import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDecryptor, createEncryptor, decryptFile } from '../agent/backups/crypto.ts';
 import { tarFromZstd } from '../agent/backups/service.ts';
-import { writtenBackWhile } from '../agent/backups/writeback.ts';
 import { median } from './timing.ts';
 
 /**
@@ -21,15 +20,13 @@ import { median } from './timing.ts';
  * system) barely moves with the load of other runs, unlike wall time, so the sum of the stages divided by
  * the cores is a floor no pipelining can beat on this machine.
  *
- * Then the agent's pipeline with its write-back (agent/backups/writeback.ts) at a few pauses between syncs, and
- * without it, each followed by the syncfs PostgreSQL does before recovery: BENCH_FLOOR_ROUNDS (default 3) rounds,
- * alternated, medians.
+ * Then the agent's pipeline followed by the syncfs PostgreSQL does before recovery: BENCH_FLOOR_ROUNDS (default 3)
+ * rounds, median. (A write-back syncing the folder every 0.1–0.5 s while it was unpacked was compared here until it
+ * was removed: on a 2-core EPYC VM it never paid; agent/backups/writeback.ts at c419e73.)
  */
 
 const totalMb = Number(process.env.BENCH_FLOOR_MB ?? 1200);
-const writebackRounds = Number(process.env.BENCH_FLOOR_ROUNDS ?? 3);
-/** Pauses between two syncs of the write-back compared (ms); `undefined`: no write-back, the sync at the end only. */
-const writebackPauses = [100, 300, 500, undefined];
+const syncedRounds = Number(process.env.BENCH_FLOOR_ROUNDS ?? 3);
 const fileMb = 100;
 const key = randomBytes(32);
 
@@ -85,29 +82,24 @@ async function main(): Promise<void> {
       tar.output.resume();
       await Promise.all([(pipeline as (...streams: unknown[]) => Promise<void>)(...await decrypted(), tar.input), tar.exited]);
     });
-    const copy = await open(sealed);
+    const copy = await open(sealed, constants.O_RDONLY | constants.O_DIRECT); // as restores read a copy
     const pipelines: [string, Cost][] = [
-      ['decryptFile (read into one buffer)', await unpackedBy('pipeline', async () => [decryptFile(copy, () => key, 'bench', 'backup')])],
+      ['decryptFile (aligned blocks, direct I/O)', await unpackedBy('pipeline', async () => [decryptFile(copy, () => key, 'bench', 'backup')])],
       ['a file stream through createDecryptor', await unpackedBy('pipeline-stream', async () => [createReadStream(sealed, { highWaterMark: 1024 ** 2 }), createDecryptor(() => key, 'bench', 'backup')])],
     ];
 
-    // Unpacked, then synced as PostgreSQL does before recovery (syncfs), with the write-back at each pause and without.
-    const writebackRuns = new Map<number | undefined, number[]>(writebackPauses.map((pause) => [pause, []]));
-    for (let round = 0; round < writebackRounds; round++) {
-      for (const pauseMs of writebackPauses) {
-        const into = untarInto(`writeback-${round}-${pauseMs ?? 'none'}`);
-        execFileSync('sync');
-        const start = performance.now();
-        const unpack = async () => {
-          const tar = tarFromZstd(['-x', '-b', '2048', '-f', '-', '-C', into], undefined);
-          tar.output.resume();
-          await Promise.all([pipeline(decryptFile(copy, () => key, 'bench', 'backup'), tar.input), tar.exited]);
-        };
-        await (pauseMs === undefined ? unpack() : writtenBackWhile(into, unpack, { pauseMs }));
-        execFileSync('sync', ['-f', into]);
-        writebackRuns.get(pauseMs)!.push(performance.now() - start);
-        rmSync(into, { recursive: true, force: true });
-      }
+    // Unpacked, then synced as PostgreSQL does before recovery (syncfs).
+    const syncedRuns: number[] = [];
+    for (let round = 0; round < syncedRounds; round++) {
+      const into = untarInto(`synced-${round}`);
+      execFileSync('sync');
+      const start = performance.now();
+      const tar = tarFromZstd(['-x', '-b', '2048', '-f', '-', '-C', into], undefined);
+      tar.output.resume();
+      await Promise.all([pipeline(decryptFile(copy, () => key, 'bench', 'backup'), tar.input), tar.exited]);
+      execFileSync('sync', ['-f', into]);
+      syncedRuns.push(performance.now() - start);
+      rmSync(into, { recursive: true, force: true });
     }
     await copy.close();
     const cpuSum = stages.reduce((sum, [, cost]) => sum + cost.cpuS, 0);
@@ -126,11 +118,8 @@ async function main(): Promise<void> {
     for (const [how, cost] of pipelines) {
       console.log(`The agent's pipeline (decrypt | zstd -d | tar -x, all at once), ${how}: ${cost.wallS.toFixed(2)} s of wall, ${(rawUntar.wallS / cost.wallS).toFixed(2)}× of the raw untar; this process's CPU ${cost.cpuS.toFixed(2)} s.`);
     }
-    console.log('\n| the agent\'s pipeline, then syncfs | wall (median of the rounds) |\n|---|---|');
-    for (const [pauseMs, runs] of writebackRuns) {
-      const what = pauseMs === undefined ? 'no write-back' : `write-back, ${pauseMs} ms between syncs`;
-      console.log(`| ${what} | ${(median(runs) / 1000).toFixed(2)} s (${runs.map((ms) => (ms / 1000).toFixed(2)).join(', ')}) |`);
-    }
+    const synced = syncedRuns.map((ms) => (ms / 1000).toFixed(2));
+    console.log(`The agent's pipeline, then syncfs: ${(median(syncedRuns) / 1000).toFixed(2)} s (median of ${synced.join(', ')}).`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -26,7 +26,6 @@ import { createDecryptor, createEncryptor, decryptFile } from './crypto.ts';
 import type { KeyRing } from './keyring.ts';
 import { ObjectStore, type PutResult, type Verify } from './store.ts';
 import { TarJoiner, tarEntry, tarTrailer } from './tar.ts';
-import { writtenBackWhile } from './writeback.ts';
 
 /** What the backup service needs to know of, and do to, the instances on this host. */
 export interface HostedInstance {
@@ -612,7 +611,7 @@ export function createBackupService(options: BackupServiceOptions) {
       await readBackup(meta, async (tarZst) => {
         await rm(paths.data, { recursive: true, force: true });
         await makePrivateDir(paths.data, runAs);
-        await writtenBackWhile(paths.data, () => untar(tarZst, paths.data));
+        await untar(tarZst, paths.data);
       });
       log('info', 'restore unpacked', { restore: job.id, backup: meta.job.id });
       for (const dir of emptiedDirs) await makePrivateDir(join(paths.data, dir), runAs);
