@@ -100,6 +100,8 @@ const walSegmentBytes = 16 * 1024 * 1024;
 /** Folders whose contents a base backup leaves out (as pg_basebackup does): recreated empty by the restore. */
 const emptiedDirs = ['pg_wal', 'pg_replslot', 'pg_dynshmem', 'pg_notify', 'pg_serial', 'pg_snapshots', 'pg_stat_tmp', 'pg_subtrans'];
 const recoveryTimeoutMs = 10 * 60_000;
+/** How long a backup waits for the last WAL file it needs to be archived before it fails. */
+const walArchiveTimeoutMs = 10 * 60_000;
 
 const baseKey = (db: string, backupId: string) => `${db}/base/${backupId}.tar.zst.enc`;
 /** zstd level 1: ~5× the speed of gzip -1 here with a better ratio (bench/RESULTS.md); it runs off the main thread. */
@@ -214,6 +216,35 @@ export function createBackupService(options: BackupServiceOptions) {
     await store.putJson(walMetaKey(databaseId, file), {
       sha256: result.sha256, sizeBytes: result.sizeBytes, keyVersion: sealing.version, archivedAt: new Date().toISOString(),
     });
+    for (const wake of archivedWaiters.get(walMetaKey(databaseId, file)) ?? []) wake();
+  }
+
+  /** Who waits for a WAL file to be archived (see walArchived), by the key of its metadata. */
+  const archivedWaiters = new Map<string, Set<() => void>>();
+
+  /**
+   * Resolves once WAL file `file` of `databaseId` is in the archive, woken by archiveWal; fails after `timeoutMs`.
+   * A backup waits here rather than in pg_backup_stop, which looks again only once a second (~1 s per backup here).
+   */
+  async function walArchived(databaseId: string, file: string, timeoutMs: number): Promise<void> {
+    const metaKey = walMetaKey(databaseId, file);
+    const waiters = archivedWaiters.get(metaKey) ?? new Set();
+    archivedWaiters.set(metaKey, waiters);
+    const gaveUp = new AbortController();
+    let wake!: () => void;
+    const woken = new Promise<void>((resolve) => { wake = resolve; });
+    waiters.add(wake);
+    try {
+      // Looked for after the waiter is in place: archived in between, it is seen either way.
+      if (await store.exists(metaKey)) return;
+      await Promise.race([woken, sleep(timeoutMs, undefined, { signal: gaveUp.signal }).then(() => {
+        throw new Error(`WAL file ${file} of ${databaseId} was not archived within ${timeoutMs / 60_000} minutes`);
+      })]);
+    } finally {
+      gaveUp.abort();
+      waiters.delete(wake);
+      if (waiters.size === 0) archivedWaiters.delete(metaKey);
+    }
   }
 
   /** The decrypted file, from the first good copy; undefined when the archive does not have it. */
@@ -356,13 +387,17 @@ export function createBackupService(options: BackupServiceOptions) {
       /** After the data directory's archive: a second one, with what pg_backup_stop gives and the WAL, as a zstd frame of its own. */
       const stopBackup = async (): Promise<Buffer> => {
         await tarDone;
+        // Without waiting for the archive (false): the stop switches to a new WAL file, and the agent, being the
+        // archive, knows as soon as the last one the backup needs is in it (walArchived).
         const stop = major >= 15
-          ? 'SELECT labelfile, spcmapfile, pg_walfile_name(lsn) AS stop_wal FROM pg_backup_stop(true)'
-          : 'SELECT labelfile, spcmapfile, pg_walfile_name(lsn) AS stop_wal FROM pg_stop_backup(false, true)';
+          ? 'SELECT labelfile, spcmapfile, pg_walfile_name(lsn) AS stop_wal FROM pg_backup_stop(false)'
+          : 'SELECT labelfile, spcmapfile, pg_walfile_name(lsn) AS stop_wal FROM pg_stop_backup(false, false)';
         const { rows: [stopped] } = await client.query<{ labelfile: string; spcmapfile: string | null; stop_wal: string }>(stop);
         consistentAt = new Date().toISOString();
         startWal = startWalOf(stopped.labelfile);
         if (!startWal) throw new Error('pg_backup_stop returned a backup_label without its start WAL file');
+        // The archiver sends WAL files in order: the last one archived, all are.
+        await walArchived(id, stopped.stop_wal, walArchiveTimeoutMs);
         const entries = [
           tarEntry('./backup_label', Buffer.from(stopped.labelfile), owner),
           // postgresql.conf includes it: the agent writes the real one before any start of its own.
