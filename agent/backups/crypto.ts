@@ -76,11 +76,15 @@ export function createEncryptor(key: Buffer, keyVersion: number, object: string)
     const cipher = createCipheriv('aes-256-gcm', key, nonce(prefix, index)).setAAD(aad(header, name, index, final));
     index++;
     for (const piece of plain) for (const sealed of through(cipher, piece)) stream.push(sealed);
-    stream.push(cipher.final());
+    const last = cipher.final(); // empty for GCM, which is a stream cipher
+    if (last.length > 0) stream.push(last);
     stream.push(cipher.getAuthTag());
   };
 
   return new Transform({
+    // Its pieces handed on one by one: read as bytes, a stream's async iterator (what the store's put consumes)
+    // joins all it holds into one new Buffer per read, a copy of every byte (~0.3 s of CPU per 1.2 GB here).
+    readableObjectMode: true,
     construct(callback) {
       this.push(header);
       callback();
