@@ -8,46 +8,38 @@ const wasmPageBytes = 64 * 1024;
 /**
  * Fixed-size buffers that start on a page boundary, for direct I/O (O_DIRECT), lent and given back. Node cannot
  * ask for aligned memory (a Buffer starts 16 bytes into its allocation), but a WebAssembly memory starts on a page:
- * one shared memory, grown a block at a time up to `maxBlocks`, is cut into blocks. Shared, so growing it moves
- * nothing under the blocks already lent. Blocks are lent a set at a time, all or none, so that callers each
- * holding part of a set never wait on one another; a set past `maxBlocks` waits for blocks to come back.
+ * shared memories of `blocksPerMemory` blocks, each grown a block at a time (shared, so growing one moves nothing
+ * under the blocks already lent), are cut into blocks. A taker never waits: a base backup's store holds its blocks
+ * while its source waits for the WAL archive, itself a store; a pool that made takers wait could starve both.
+ * Blocks given back are lent again, so the memory made follows the most ever lent at once.
  */
 export class AlignedBlocks {
-  private readonly memory: WebAssembly.Memory;
   private readonly free: Buffer[] = [];
-  private readonly waiting: { count: number; lend: (blocks: Buffer[]) => void }[] = [];
-  private made = 0;
+  private memory: WebAssembly.Memory | undefined;
+  private madeInMemory = 0;
 
-  constructor(readonly blockBytes: number, private readonly maxBlocks: number) {
+  constructor(readonly blockBytes: number, private readonly blocksPerMemory: number) {
     if (blockBytes % wasmPageBytes !== 0) throw new Error(`a block must be a multiple of ${wasmPageBytes} bytes, not ${blockBytes}`);
-    this.memory = new WebAssembly.Memory({ initial: 0, maximum: (blockBytes / wasmPageBytes) * maxBlocks, shared: true });
   }
 
-  async take(count: number): Promise<Buffer[]> {
-    if (count > this.maxBlocks) throw new Error(`${count} blocks asked of a pool of ${this.maxBlocks}`);
-    if (this.waiting.length === 0 && this.available() >= count) return this.lend(count);
-    return new Promise((lend) => this.waiting.push({ count, lend }));
+  take(count: number): Buffer[] {
+    const blocks = this.free.splice(0, count);
+    while (blocks.length < count) blocks.push(this.make());
+    return blocks;
   }
 
   give(blocks: Buffer[]): void {
     this.free.push(...blocks);
-    while (this.waiting.length > 0 && this.available() >= this.waiting[0].count) {
-      const { count, lend } = this.waiting.shift()!;
-      lend(this.lend(count));
-    }
   }
 
-  private available(): number {
-    return this.free.length + this.maxBlocks - this.made;
-  }
-
-  private lend(count: number): Buffer[] {
-    const blocks = this.free.splice(0, count);
-    while (blocks.length < count) {
-      this.memory.grow(this.blockBytes / wasmPageBytes);
-      blocks.push(Buffer.from(this.memory.buffer, this.blockBytes * this.made++, this.blockBytes));
+  private make(): Buffer {
+    const pages = this.blockBytes / wasmPageBytes;
+    if (!this.memory || this.madeInMemory === this.blocksPerMemory) {
+      this.memory = new WebAssembly.Memory({ initial: 0, maximum: pages * this.blocksPerMemory, shared: true });
+      this.madeInMemory = 0;
     }
-    return blocks;
+    this.memory.grow(pages);
+    return Buffer.from(this.memory.buffer, this.blockBytes * this.madeInMemory++, this.blockBytes);
   }
 }
 
@@ -56,7 +48,7 @@ export class AlignedBlocks {
  * the disk on each call, so a block is large.
  */
 export const ioBlockBytes = 4 * 1024 * 1024;
-/** Shared by every object stored or read at once (~5 blocks each); more wait their turn. */
+/** Shared by every object stored or read at once: 5 blocks for each one stored, 3 for each one read. */
 export const ioBlocks = new AlignedBlocks(ioBlockBytes, 40);
 
 /**
@@ -66,7 +58,7 @@ export const ioBlocks = new AlignedBlocks(ioBlockBytes, 40);
  * while the next is read (a chunk across two blocks) is still good.
  */
 export async function* blocksOf(file: FileHandle, pool = ioBlocks): AsyncGenerator<Buffer> {
-  const blocks = await pool.take(3);
+  const blocks = pool.take(3);
   // One read per block: a regular file's read comes back short only at its end (and, direct, could not go on from there).
   const readAt = async (block: Buffer, position: number): Promise<Buffer> => block.subarray(0, (await file.read(block, 0, block.length, position)).bytesRead);
   let next = readAt(blocks[0], 0);

@@ -60,7 +60,7 @@ export class ObjectStore {
   async put(key: string, source: AsyncIterable<Buffer>): Promise<PutResult> {
     const suffix = `.tmp-${randomBytes(6).toString('hex')}`;
     const copies = await Promise.all(zones.map((zone) => CopyInProgress.open(key, zone, this.path(zone, key), suffix, this.options.directIo ?? true)));
-    const lent = await ioBlocks.take(blocksPerPut);
+    const lent = ioBlocks.take(blocksPerPut);
     let [filling, storing] = lent;
     const readBuffers = lent.slice(2);
     const storeBlock = async (block: Buffer, length: number, position: number) => {
