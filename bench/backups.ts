@@ -21,7 +21,7 @@ import { median } from './timing.ts';
  *     (it replays the backup's WAL, then accepts connections); vs the same through the agent's unpacking pipeline
  *     (that base backup compressed with zstd -1, then `zstd -d | tar -x`: as item 3 compares backups); and vs a bare untar of the first tar;
  *  3. backup vs the same work done raw, one step after the other: the data directory's tar through zstd -1 to one
- *     file, then pg_dump -Fc -Z0 through zstd -1 to another (the agent's pipelines); vs the baseline before the agent
+ *     file, then pg_dump -Fc -Z0 (stdout buffered by stdbuf) through zstd -1 to another (the agent's pipelines); vs the baseline before the agent
  *     piped its dump into zstd (a plain tar, then pg_dump -Fc -Z1); and, once, pg_dump -Fc at its default compression;
  *  4. AES-256-GCM chunked encryption alone, in memory, against the cipher alone (bench/encryption.ts, in a process of its own).
  * The runtime runs with the waits it deploys (no `fastWaits`): how soon the control plane sees a job
@@ -158,7 +158,7 @@ try {
   }
 
   // Raw: what a backup does, without dbplane, one step after the other, each output fsynced: the data directory's tar
-  // through zstd -1 to one file, then pg_dump -Fc -Z0 through zstd -1 to another (the agent's pipelines, in
+  // through zstd -1 to one file, then pg_dump -Fc -Z0 (its stdout buffered by stdbuf) through zstd -1 to another (the agent's pipelines, in
   // agent/backups/service.ts). And, for the figures before the agent piped its dump into zstd: a plain tar, then pg_dump -Fc -Z1.
   const rawDump = existsSync(join(pgBin, 'pg_dump'));
   const dumpFile = join(scratch, 'raw.dump');
@@ -182,7 +182,7 @@ try {
       else rawTar(roundTar);
       if (!rawDump) return;
       const [, dumpMs] = await timed(() => pipelines === 'zstd'
-        ? rawThroughZstd([join(pgBin, 'pg_dump'), '-Fc', '-Z0', dbUrl.toString()], dumpFile)
+        ? rawThroughZstd(['stdbuf', '-o1M', join(pgBin, 'pg_dump'), '-Fc', '-Z0', dbUrl.toString()], dumpFile)
         : rawPgDump(['-Z1']));
       dumpAloneRuns[pipelines].push(dumpMs);
     });
@@ -281,7 +281,7 @@ try {
   const rawBackupMs = median(rawBackupRuns);
   const rawZ1BackupMs = median(rawZ1BackupRuns);
   const rawWhat = rawDump
-    ? `raw tar of the data directory \\| zstd -1 (fsynced), then raw pg_dump -Fc -Z0 \\| zstd -1 (${(dumpZstdBytes / 1e6).toFixed(0)} MB, fsynced): the agent's pipelines, one after the other`
+    ? `raw tar of the data directory \\| zstd -1 (fsynced), then raw \`stdbuf -o1M pg_dump -Fc -Z0 \\| zstd -1\` (${(dumpZstdBytes / 1e6).toFixed(0)} MB, fsynced): the agent's pipelines, one after the other`
     : 'raw tar of the data directory \\| zstd -1 (fsynced) (no Debian PostgreSQL 15 toolset: no raw pg_dump)';
   lines.push(`| ${rawWhat} (median of ${all(rawBackupRuns)}) | ${seconds(rawBackupMs)} | ${rate(dataBytes, rawBackupMs)} | 1 |`);
   lines.push(`| dbplane backup (API → completed: tar + zstd -1 + AES-256-GCM, and its pg_dump + zstd -1 beside it; 3 copies of each written and read back; median of ${all(backupRuns)}) | ${seconds(backupMs)} | ${rate(dataBytes, backupMs)} | **${(rawBackupMs / backupMs).toFixed(2)}×** |`);
@@ -292,7 +292,7 @@ try {
   if (rawDump) {
     const dumpZstdMs = median(dumpAloneRuns.zstd);
     const dumpZ1Ms = median(dumpAloneRuns['plain tar, pg_dump -Z1']);
-    lines.push(`| the dump step alone: raw pg_dump -Fc -Z0 \\| zstd -1 (${(dumpZstdBytes / 1e6).toFixed(0)} MB; median of ${all(dumpAloneRuns.zstd)}) | ${seconds(dumpZstdMs)} | ${rate(dataBytes, dumpZstdMs)} | ${(dumpZ1Ms / dumpZstdMs).toFixed(2)}× of pg_dump -Z1 |`);
+    lines.push(`| the dump step alone: raw \`stdbuf -o1M pg_dump -Fc -Z0 \\| zstd -1\` (${(dumpZstdBytes / 1e6).toFixed(0)} MB; median of ${all(dumpAloneRuns.zstd)}) | ${seconds(dumpZstdMs)} | ${rate(dataBytes, dumpZstdMs)} | ${(dumpZ1Ms / dumpZstdMs).toFixed(2)}× of pg_dump -Z1 |`);
     lines.push(`| the dump step alone: raw pg_dump -Fc -Z1 (${(dumpBytes / 1e6).toFixed(0)} MB; median of ${all(dumpAloneRuns['plain tar, pg_dump -Z1'])}) | ${seconds(dumpZ1Ms)} | ${rate(dataBytes, dumpZ1Ms)} | 1 |`);
   }
   if (defaultDumpMs !== undefined) {

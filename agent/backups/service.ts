@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -462,10 +463,10 @@ export function createBackupService(options: BackupServiceOptions) {
    */
   async function dumpDatabase(binary: string, instance: HostedInstance, meta: BackupMeta, key: Buffer): Promise<PutResult> {
     const { databaseId: id } = meta.job;
-    const dump = spawn(binary, [
+    const dump = spawn(...withLargeStdoutBuffer(binary, [
       '--format=custom', '--compress=0', '--no-password', `--host=${instance.paths.socket}`, `--port=${instance.port}`,
       `--username=${adminRole}`, `--dbname=${instance.spec.database}`,
-    ], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/', env: { PATH: process.env.PATH, LC_ALL: 'C.UTF-8' }, ...(runAs ?? {}) });
+    ]), { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/', env: { PATH: process.env.PATH, LC_ALL: 'C.UTF-8' }, ...(runAs ?? {}) });
     const zstd = zstdOf(dump);
     try {
       const output = outputOf(zstd, 'zstd', exitOf(dump, 'pg_dump', [0]));
@@ -1008,6 +1009,17 @@ function zstdOf(producer: ChildProcess): ChildProcess {
   const zstd = spawn('zstd', ['-1', '-c', '-q'], { stdio: [producer.stdout!, 'pipe', 'pipe'] });
   producer.stdout!.destroy(); // zstd holds the pipe now
   return zstd;
+}
+
+/**
+ * coreutils' stdbuf, where the host has it: pg_dump writes its archive through stdio, whose buffer on a pipe is
+ * 4 KiB, so a 1.1 GB dump took ~253,000 writes, each paid for again by zstd's reads; with a 1 MiB buffer, ~1,000 (strace).
+ */
+const stdbuf = (process.env.PATH ?? '').split(':').map((dir) => join(dir, 'stdbuf')).find((path) => existsSync(path));
+
+/** `command args`, its stdout given a 1 MiB buffer where stdbuf is at hand; as they are where it is not. */
+function withLargeStdoutBuffer(command: string, args: string[]): [string, string[]] {
+  return stdbuf ? [stdbuf, ['-o1M', command, ...args]] : [command, args];
 }
 
 /**
