@@ -23,6 +23,7 @@ import { errorMessage, log } from '../log.ts';
 import {
   adminRole, makePrivateDir, quoteSetting, spawnPostmaster, stopStalePostmaster, writeServerConfig, type RunAs, type ServerPaths,
 } from '../postgres.ts';
+import { Arrivals } from './arrivals.ts';
 import { createDecryptor, createEncryptor, decryptFile } from './crypto.ts';
 import type { KeyRing } from './keyring.ts';
 import { ObjectStore, type PutResult, type Verify } from './store.ts';
@@ -217,35 +218,20 @@ export function createBackupService(options: BackupServiceOptions) {
     await store.putJson(walMetaKey(databaseId, file), {
       sha256: result.sha256, sizeBytes: result.sizeBytes, keyVersion: sealing.version, archivedAt: new Date().toISOString(),
     });
-    for (const wake of archivedWaiters.get(walMetaKey(databaseId, file)) ?? []) wake();
+    archived.arrived(walMetaKey(databaseId, file));
   }
 
-  /** Who waits for a WAL file to be archived (see walArchived), by the key of its metadata. */
-  const archivedWaiters = new Map<string, Set<() => void>>();
+  /** WAL files stored (by the key of their metadata), for a backup waiting for the last one it needs (see walArchived). */
+  const archived = new Arrivals();
 
   /**
    * Resolves once WAL file `file` of `databaseId` is in the archive, woken by archiveWal; fails after `timeoutMs`.
    * A backup waits here rather than in pg_backup_stop, which looks again only once a second (~1 s per backup here).
    */
-  async function walArchived(databaseId: string, file: string, timeoutMs: number): Promise<void> {
+  function walArchived(databaseId: string, file: string, timeoutMs: number): Promise<void> {
     const metaKey = walMetaKey(databaseId, file);
-    const waiters = archivedWaiters.get(metaKey) ?? new Set();
-    archivedWaiters.set(metaKey, waiters);
-    const gaveUp = new AbortController();
-    let wake!: () => void;
-    const woken = new Promise<void>((resolve) => { wake = resolve; });
-    waiters.add(wake);
-    try {
-      // Looked for after the waiter is in place: archived in between, it is seen either way.
-      if (await store.exists(metaKey)) return;
-      await Promise.race([woken, sleep(timeoutMs, undefined, { signal: gaveUp.signal }).then(() => {
-        throw new Error(`WAL file ${file} of ${databaseId} was not archived within ${timeoutMs / 60_000} minutes`);
-      })]);
-    } finally {
-      gaveUp.abort();
-      waiters.delete(wake);
-      if (waiters.size === 0) archivedWaiters.delete(metaKey);
-    }
+    return archived.until(metaKey, () => store.exists(metaKey), timeoutMs,
+      () => new Error(`WAL file ${file} of ${databaseId} was not archived within ${timeoutMs / 60_000} minutes`));
   }
 
   /** The decrypted file, from the first good copy; undefined when the archive does not have it. */
