@@ -1,10 +1,10 @@
 import { mkdirSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { KeyRing } from './backups/keyring.ts';
-import { createBackupService, walCommandScript } from './backups/service.ts';
+import { createBackupService } from './backups/service.ts';
 import { createFaults } from './faults.ts';
 import { findPostgresInstalls, inspectHost } from './host.ts';
 import { createInstanceManager } from './instances.ts';
@@ -37,8 +37,8 @@ mkdirSync(backupDir, { recursive: true, mode: 0o700 });
 const installs = findPostgresInstalls(fileURLToPath(new URL('../node_modules', import.meta.url)));
 const faults = createFaults();
 const runAs = await resolveRunAs();
-// The server user runs archive_command / restore_command: the agent's node binary and a script beside this file.
-for (const path of [dataDir, ...installs.flatMap((i) => [i.binDir, i.libDir]), dirname(process.execPath), dirname(walCommandScript)]) {
+// The servers' user must get through to their data, their binaries and those binaries' libraries.
+for (const path of [dataDir, ...installs.flatMap((i) => [i.binDir, i.libDir])]) {
   await ensureTraversable(path, runAs, (message, dir) => log('info', message, { path: dir }));
 }
 const keys = new KeyRing();

@@ -23,6 +23,7 @@ import { TarJoiner, tarEntry, tarTrailer } from '../agent/backups/tar.ts';
 import { agentCaller, appInstanceSpec, appQuery, eventually } from './helpers/agent.ts';
 import { spawnAgent, type AgentProcess } from '../agent/spawn.ts';
 import { acceptsEncoding } from '../agent/server.ts';
+import { walToken } from '../agent/backups/service.ts';
 
 const secret = 'backup-test-secret';
 const password = 'backups are not optional';
@@ -324,6 +325,20 @@ describe('agent backups and restores', () => {
 
     expect(summary.walSegments).toBeGreaterThan(0);
     expect(Date.parse(summary.lastWalArchivedAt!)).toBeLessThanOrEqual(Date.now());
+  });
+
+  it('keeps the WAL token out of archive_command and restore_command: curl reads it from a file only the server\'s user can read', async () => {
+    const token = walToken(secret, 'app-db');
+    for (const setting of ['archive_command', 'restore_command']) {
+      const [row] = await adminQuery<Record<string, string>>(port, `SHOW ${setting}`);
+      const command = row[setting];
+      expect(command).toMatch(/^curl /);
+      expect(command).not.toContain(token);
+      const headerFile = /--header @'([^']+)'/.exec(command)?.[1];
+      expect(headerFile).toBeDefined();
+      expect((await stat(headerFile!)).mode & 0o777).toBe(0o600);
+      expect(await readFile(headerFile!, 'utf8')).toBe(`Authorization: Bearer ${token}\n`);
+    }
   });
 
   it('fails the next backup when a backup fault is armed', async () => {

@@ -7,7 +7,6 @@ import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { constants as zlib, createZstdCompress, createZstdDecompress, zstdCompressSync } from 'node:zlib';
 import pg from 'pg';
 import { z } from 'zod';
@@ -66,8 +65,6 @@ export interface BackupServiceOptions {
 export function walToken(secret: string, databaseId: string): string {
   return createHmac('sha256', `dbplane-wal:${secret}`).update(databaseId).digest('base64url');
 }
-
-export const walCommandScript = fileURLToPath(new URL('./wal-command.mjs', import.meta.url));
 
 /** What a download streams: the base backup's tar, or the pg_dump taken with it. */
 export const DownloadFormat = z.enum(['base', 'dump']);
@@ -164,14 +161,22 @@ export function createBackupService(options: BackupServiceOptions) {
   }
 
   /**
-   * The command reads the database's token from a file only the server's user can read: in argv or in
-   * the command string (which `sh -c` shows in /proc) any local user could see it.
+   * archive_command and restore_command, as curl run by the server's user: ~0.03 s of CPU per 16 MB segment pushed,
+   * where a node script took ~0.25 s (its own start, mostly), paid per WAL file archived and per file a recovery
+   * fetches. curl reads the database's token from a header file only that user can read: in argv or in the
+   * command string (which `sh -c` shows in /proc) any local user could see it. An answer other than 2xx exits
+   * non-zero, so PostgreSQL retries the archiving, and a recovery takes a file the archive lacks (404) as absent;
+   * a failed push writes the agent's answer to the server's log.
    */
   async function walCommand(verb: 'push' | 'fetch', databaseId: string, path: string): Promise<string> {
     await makePrivateDir(tokensDir, runAs);
-    const tokenFile = join(tokensDir, databaseId);
-    await writeOwned(tokenFile, `${walToken(secret, databaseId)}\n`);
-    return `'${process.execPath}' '${walCommandScript}' ${verb} '${walUrl(databaseId)}' '${path}' '${tokenFile}'`;
+    const headerFile = join(tokensDir, databaseId);
+    await writeOwned(headerFile, `Authorization: Bearer ${walToken(secret, databaseId)}\n`);
+    const curl = `curl --silent --show-error --max-time 300 --header @'${headerFile}'`;
+    return verb === 'push'
+      // Expect: without it curl waits for a 100 Continue before sending a body over 1 MiB.
+      ? `${curl} --fail-with-body --request POST --header 'Content-Type: application/octet-stream' --header 'Expect:' --upload-file '${path}' '${walUrl(databaseId)}'`
+      : `${curl} --fail --output '${path}' '${walUrl(databaseId)}'`;
   }
 
   /**
