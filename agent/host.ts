@@ -110,8 +110,8 @@ function volumeEncryptionAvailable(): boolean {
   return existsSync('/dev/mapper/control') && onPath('cryptsetup');
 }
 
-function onPath(command: string): boolean {
-  return (process.env.PATH ?? '').split(delimiter).some((dir) => {
+export function onPath(command: string, path = process.env.PATH ?? ''): boolean {
+  return path.split(delimiter).some((dir) => {
     try {
       accessSync(join(dir, command), constants.X_OK);
       return true;
@@ -119,6 +119,14 @@ function onPath(command: string): boolean {
       return false;
     }
   });
+}
+
+/** What backups, restores and the servers' archive_command and restore_command run (beside PostgreSQL's own binaries). */
+const requiredCommands = ['tar', 'zstd', 'curl'];
+
+/** The required commands `path` lacks: an agent without them would fail later, and less clearly (a WAL archive that never fills). */
+export function missingCommands(path = process.env.PATH ?? ''): string[] {
+  return requiredCommands.filter((command) => !onPath(command, path));
 }
 
 /** The host id survives agent restarts, so the control plane can tell a restarted host from a new one. */

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { KeyRing } from './backups/keyring.ts';
 import { createBackupService } from './backups/service.ts';
 import { createFaults } from './faults.ts';
-import { findPostgresInstalls, inspectHost } from './host.ts';
+import { findPostgresInstalls, inspectHost, missingCommands } from './host.ts';
 import { createInstanceManager } from './instances.ts';
 import { errorMessage, log } from './log.ts';
 import { ensureTraversable, resolveRunAs } from './postgres.ts';
@@ -34,6 +34,11 @@ mkdirSync(dataDir, { recursive: true });
 const backupDir = env.DBPLANE_AGENT_BACKUP_DIR ?? join(dataDir, 'backups');
 mkdirSync(backupDir, { recursive: true, mode: 0o700 });
 
+const missing = missingCommands();
+if (missing.length > 0) {
+  log('error', 'the agent needs these commands on its PATH', { missing });
+  process.exit(1);
+}
 const installs = findPostgresInstalls(fileURLToPath(new URL('../node_modules', import.meta.url)));
 const faults = createFaults();
 const runAs = await resolveRunAs();

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -17,7 +16,7 @@ import {
 import { majorOf } from '#core/catalog.ts';
 import { BadRequest, Conflict, Forbidden, NotFound, Unprocessable } from '#core/errors.ts';
 import type { Faults } from '../faults.ts';
-import { pgDumpFor, type PostgresInstall } from '../host.ts';
+import { onPath, pgDumpFor, type PostgresInstall } from '../host.ts';
 import { errorMessage, log } from '../log.ts';
 import {
   adminRole, makePrivateDir, quoteSetting, spawnPostmaster, stopStalePostmaster, writeServerConfig, type RunAs, type ServerPaths,
@@ -1006,11 +1005,11 @@ function zstdOf(producer: ChildProcess): ChildProcess {
  * coreutils' stdbuf, where the host has it: pg_dump writes its archive through stdio, whose buffer on a pipe is
  * 4 KiB, so a 1.1 GB dump took ~253,000 writes, each paid for again by zstd's reads; with a 1 MiB buffer, ~1,000 (strace).
  */
-const stdbuf = (process.env.PATH ?? '').split(':').map((dir) => join(dir, 'stdbuf')).find((path) => existsSync(path));
+const hasStdbuf = onPath('stdbuf');
 
 /** `command args`, its stdout given a 1 MiB buffer where stdbuf is at hand; as they are where it is not. */
 function withLargeStdoutBuffer(command: string, args: string[]): [string, string[]] {
-  return stdbuf ? [stdbuf, ['-o1M', command, ...args]] : [command, args];
+  return hasStdbuf ? ['stdbuf', ['-o1M', command, ...args]] : [command, args];
 }
 
 /**
