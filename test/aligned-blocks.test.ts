@@ -23,6 +23,8 @@ describe('AlignedBlocks', () => {
     first.fill(0xab);
     const more = pool.take(3);
     expect(first.equals(Buffer.alloc(blockBytes, 0xab))).toBe(true);
+    // Not shared memory: copies into a shared one are relaxed atomics, slower per byte.
+    for (const block of [first, ...more]) expect(block.buffer).not.toBeInstanceOf(SharedArrayBuffer);
     const file = await open(join(dir, 'direct'), constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT, 0o600);
     try {
       for (const [i, block] of [first, ...more].entries()) expect((await file.write(block, 0, blockBytes, i * blockBytes)).bytesWritten).toBe(blockBytes);
