@@ -229,13 +229,13 @@ export function createBackupService(options: BackupServiceOptions) {
   const archived = new Arrivals();
 
   /**
-   * Resolves once WAL file `file` of `databaseId` is in the archive, woken by archiveWal; fails after `timeoutMs`.
+   * Resolves once WAL file `file` of `databaseId` is in the archive, woken by archiveWal; fails after walArchiveTimeoutMs.
    * A backup waits here rather than in pg_backup_stop, which looks again only once a second (~1 s per backup here).
    */
-  function walArchived(databaseId: string, file: string, timeoutMs: number): Promise<void> {
+  function walArchived(databaseId: string, file: string): Promise<void> {
     const metaKey = walMetaKey(databaseId, file);
-    return archived.until(metaKey, () => store.exists(metaKey), timeoutMs,
-      () => new Error(`WAL file ${file} of ${databaseId} was not archived within ${timeoutMs / 60_000} minutes`));
+    return archived.until(metaKey, () => store.exists(metaKey), walArchiveTimeoutMs,
+      () => new Error(`WAL file ${file} of ${databaseId} was not archived within ${walArchiveTimeoutMs / 60_000} minutes`));
   }
 
   /** The decrypted file, from the first good copy; undefined when the archive does not have it. */
@@ -388,7 +388,7 @@ export function createBackupService(options: BackupServiceOptions) {
         startWal = startWalOf(stopped.labelfile);
         if (!startWal) throw new Error('pg_backup_stop returned a backup_label without its start WAL file');
         // The archiver sends WAL files in order: the last one archived, all are.
-        await walArchived(id, stopped.stop_wal, walArchiveTimeoutMs);
+        await walArchived(id, stopped.stop_wal);
         const entries = [
           tarEntry('./backup_label', Buffer.from(stopped.labelfile), owner),
           // postgresql.conf includes it: the agent writes the real one before any start of its own.
